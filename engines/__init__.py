@@ -1,0 +1,37 @@
+"""Inference backends (importable as ``vsr.engines``).
+
+Every backend follows the :class:`Engine` protocol: ``engine(x) -> y`` on device tensors of shape
+``(batch, channels, h, w)`` in the engine's ``dtype``, a ``spec`` (:class:`vsr.models.ModelSpec`),
+and ``close()``. The tiler and the pipelines only talk to this protocol.
+
+Backends: ``torch`` (eager PyTorch, CPU or CUDA). Heavy optional backends import their package
+inside the backend and raise exit-69 errors naming the package when it is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..models.spec import ModelSpec
+from .torch_engine import TorchEngine
+
+__all__ = ["Engine", "TorchEngine"]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A compiled or eager network bound to a device and a precision."""
+
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the network on ``x`` (on ``device``, in ``dtype``); returns the upscaled batch."""
+        ...
+
+    def close(self) -> None:
+        """Release device memory and handles; the engine is unusable afterwards."""
+        ...

@@ -1,0 +1,15 @@
+"""Kernels for the work around the network (importable as ``vsr.kernels``).
+
+Each function here is the plain-torch reference: it runs on the CPU and on CUDA tensors alike, and
+it is what faster device kernels (Triton, added where they pay) are tested against.
+
+* :mod:`vsr.kernels.convert`: integer pixels <-> float in [0, 1], rounding that matches the
+  reference implementations (``floor(v * max + 0.5)`` then clamp).
+* :mod:`vsr.kernels.blend`: cutting tiles out of a batch and adding weighted tile outputs into a
+  frame.
+"""
+
+from .blend import accumulate_tiles, extract_tiles
+from .convert import quantize, to_float
+
+__all__ = ["accumulate_tiles", "extract_tiles", "quantize", "to_float"]

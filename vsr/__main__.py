@@ -1,0 +1,5 @@
+"""``python -m vsr`` runs the command line."""
+
+from .cli import entry
+
+entry()

@@ -1,0 +1,1 @@
+"""Media I/O with PyAV: still images now; probing, decoding and encoding video as the pipeline grows."""

@@ -1,0 +1,170 @@
+"""Upscaling float frames with an engine: pad, tile, batch, blend, crop, resample.
+
+This is the compute step shared by image and video jobs. It owns no I/O and keeps no frame state
+between calls; the only thing it remembers is the tile size that last fitted in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.nn import functional as F
+
+from . import tiling
+from .engines import Engine
+from .errors import TransientError
+from .kernels import accumulate_tiles, extract_tiles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OVERLAP = 16
+DEFAULT_BATCH = 4
+# Smallest tile the out-of-memory fallback will try before giving up.
+MIN_TILE = 32
+# Share of free memory the automatic tile size may plan to use (activations are estimates).
+MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5}
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can be allocated on ``device`` now (CUDA free memory, or MemAvailable on Linux)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def estimate_bytes(activation_per_pixel: float, pixels: int, dtype: torch.dtype) -> int:
+    """Rough peak activation memory for ``pixels`` input pixels in one engine call."""
+    return int(activation_per_pixel * pixels * torch.finfo(dtype).bits // 8)
+
+
+def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: int) -> int:
+    """Tile side for ``--tile 0``: 0 (whole frame) when a frame fits ``budget``, else the largest that fits."""
+    app = engine.spec.activation_per_pixel or 1024.0
+    if estimate_bytes(app, height * width, engine.dtype) <= budget:
+        return 0
+    side = math.isqrt(max(1, budget // max(1, estimate_bytes(app, batch, engine.dtype))))
+    step = max(8, engine.spec.multiple_of)
+    return max(MIN_TILE, side // step * step)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    # The CPU allocator raises a plain RuntimeError.
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+class Upscaler:
+    """Upscale batches of float frames ``(N, C, H, W)`` in [0, 1] with an :class:`Engine`.
+
+    ``tile`` 0 picks the tile size from free memory (the whole frame when it fits). If the device
+    still runs out of memory, the frame is retried with half the tile size, down to ``MIN_TILE``;
+    only then does it fail with exit 75. ``batch`` is the number of tiles per engine call.
+    """
+
+    def __init__(self, engine: Engine, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, batch: int = DEFAULT_BATCH):
+        if tile < 0 or overlap < 0 or batch < 1:
+            raise ValueError("tile and overlap must be >= 0 and batch >= 1")
+        if tile and overlap >= tile:
+            raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
+        self.engine = engine
+        self.tile = tile
+        self.overlap = overlap
+        self.batch = batch
+        self._fitted_tile: int | None = None  # smaller tile found by an out-of-memory fallback
+
+    @property
+    def scale(self) -> int:
+        return self.engine.spec.scale
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """Upscale ``frames``; returns float32 ``(N, C, H*scale, W*scale)`` on the engine's device."""
+        if frames.dim() != 4:
+            raise ValueError(f"expected (N, C, H, W) frames, got shape {tuple(frames.shape)}")
+        n, _, height, width = frames.shape
+        spec = self.engine.spec
+        x = _pad(frames.to(self.engine.device, self.engine.dtype), spec.multiple_of, spec.min_size)
+        tile = self._tile_for(x.shape[-2], x.shape[-1])
+        while True:
+            try:
+                out = self._run(x, tile)
+                break
+            except Exception as err:
+                if not _is_out_of_memory(err):
+                    raise
+                smaller = (tile or max(x.shape[-2:])) // 2
+                if smaller < max(MIN_TILE, 2 * self.overlap + 1):
+                    raise TransientError(
+                        f"out of memory on {self.engine.device} even with {tile or 'whole-frame'} tiles"
+                        f" of a {width}x{height} frame; free device memory or use a smaller --batch"
+                    ) from err
+                log.warning("out of memory with tile %s on %s; retrying with tile %d", tile or "whole frame", self.engine.device, smaller)
+                if self.engine.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                tile = self._fitted_tile = smaller
+        return out[..., : height * self.scale, : width * self.scale]
+
+    def _tile_for(self, height: int, width: int) -> int:
+        if self._fitted_tile is not None:
+            return self._fitted_tile
+        if self.tile:
+            return self.tile
+        budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
+        return auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget)
+
+    def _run(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        n, c, height, width = x.shape
+        s = self.scale
+        spec = self.engine.spec
+        overlap = min(self.overlap, max(0, tile - spec.multiple_of)) if tile else 0
+        plan = tiling.plan_tiles(height, width, tile=tile, overlap=overlap, scale=s, multiple_of=spec.multiple_of)
+        if plan.whole:
+            return torch.cat([self.engine(x[i : i + self.batch]).float() for i in range(0, n, self.batch)])
+        out = torch.zeros(n, spec.out_channels, height * s, width * s, device=x.device, dtype=torch.float32)
+        wy, wx = (w.to(x.device) for w in tiling.blend_weights(plan))
+        index = {y: i for i, y in enumerate(plan.ys)}, {x0: j for j, x0 in enumerate(plan.xs)}
+        for chunk in _chunks([(f, y, x0) for f in range(n) for y, x0 in plan.tiles], self.batch):
+            tiles_out = self.engine(extract_tiles(x, chunk, plan.tile_h, plan.tile_w))
+            weights = [wy[index[0][y]][:, None] * wx[index[1][x0]][None, :] for _, y, x0 in chunk]
+            accumulate_tiles(out, tiles_out, [(f, y * s, x0 * s) for f, y, x0 in chunk], weights)
+        return out
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _pad(x: torch.Tensor, multiple_of: int, min_size: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple of ``multiple_of`` and at least ``min_size`` (reflect where possible)."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = tiling.pad_to_multiple(max(height, min_size), max(width, min_size), multiple_of)
+    pad_h += max(0, min_size - height)
+    pad_w += max(0, min_size - width)
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize float frames to ``height`` x ``width`` (bicubic, antialiased when shrinking)."""
+    if x.shape[-2:] == (height, width):
+        return x
+    shrinking = height < x.shape[-2] or width < x.shape[-1]
+    return F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking)

@@ -153,8 +153,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     upscaler = Upscaler(engine, tile=args.tile, overlap=args.tile_overlap, batch=args.batch)
     started = time.perf_counter()
     with tqdm(total=len(tasks), unit="img", disable=None if len(tasks) > 1 else True, file=sys.stderr) as bar:
-        failures = run_tasks(tasks, upscaler, outscale=args.outscale, alpha=args.alpha, overwrite=args.overwrite, on_done=lambda _: bar.update())
-    engine.close()
+        try:
+            failures = run_tasks(
+                tasks, upscaler, outscale=args.outscale, alpha=args.alpha, overwrite=args.overwrite,
+                keep_going=len(tasks) > 1, on_done=lambda _: bar.update(),
+            )
+        finally:
+            engine.close()
     done = len(tasks) - len(failures)
     log.info("%d image(s) written in %.1f s", done, time.perf_counter() - started)
     if failures:
@@ -210,13 +215,20 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps({"time": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()})
 
 
+class _TextFormatter(logging.Formatter):
+    """``vsr: warning: ...`` -- the same shape as the error line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"vsr: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.ERROR if getattr(args, "quiet", False) else [logging.WARNING, logging.INFO, logging.DEBUG][min(getattr(args, "verbose", 0), 2)]
     handler = logging.StreamHandler(sys.stderr)
     if getattr(args, "log_format", "text") == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("vsr: %(levelname)s: %(message)s"))
+        handler.setFormatter(_TextFormatter())
     root = logging.getLogger("vsr")
     root.handlers[:] = [handler]
     root.setLevel(level)

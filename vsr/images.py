@@ -113,15 +113,19 @@ def run_tasks(
     outscale: float | None = None,
     alpha: str = "model",
     overwrite: bool = False,
+    keep_going: bool = True,
     on_done: Callable[[ImageTask], None] | None = None,
 ) -> list[tuple[ImageTask, VsrError]]:
-    """Upscale every task; a bad image is logged and skipped. Returns the failures."""
+    """Upscale every task. With ``keep_going`` an unreadable image is logged and skipped (the
+    failures are returned); without it the error propagates."""
     failures = []
     for task in tasks:
         try:
             pixels = read_image(task.source)
             write_image(task.target, upscale_pixels(pixels, upscaler, outscale=outscale, alpha=alpha), overwrite=overwrite)
         except (InputError, InputMissing) as err:
+            if not keep_going:
+                raise
             log.error("%s", err)
             failures.append((task, err))
         if on_done is not None:

@@ -107,12 +107,13 @@ class Upscaler:
             except Exception as err:
                 if not _is_out_of_memory(err):
                     raise
-                smaller = (tile or max(x.shape[-2:])) // 2
-                if smaller < max(MIN_TILE, 2 * self.overlap + 1):
+                current = tile or max(x.shape[-2:])
+                if current <= MIN_TILE:
                     raise TransientError(
                         f"out of memory on {self.engine.device} even with {tile or 'whole-frame'} tiles"
                         f" of a {width}x{height} frame; free device memory or use a smaller --batch"
                     ) from err
+                smaller = max(MIN_TILE, current // 2)
                 log.warning("out of memory with tile %s on %s; retrying with tile %d", tile or "whole frame", self.engine.device, smaller)
                 if self.engine.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,16 +98,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 def _torch_load(path: Path) -> Any:
     try:
-        # weights_only: a checkpoint from the internet must not be able to run code.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        msg = _first_line(err)
-        if "weights_only" in msg.lower() or "unsupported global" in msg.lower():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter would break the one-line error
+            # weights_only: a checkpoint from the internet must not be able to run code.
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" in text:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: \s*(.+)", text)
+            what = f" ({found[1]})" if found else ""
             raise InputError(
-                f"model file {path} holds Python objects that cannot be loaded safely (weights_only=True refused:"
-                f" {msg[:160]}); save only its state_dict, or convert it to .safetensors"
+                f"model file {path} holds Python objects{what} that torch.load(weights_only=True) refuses to run;"
+                " save only the state_dict, or convert the file to .safetensors where you trust it"
             ) from err
-        raise InputError(f"model file {path} is not a readable PyTorch or safetensors checkpoint ({msg[:160]})") from err
+        raise InputError(f"model file {path} is not a readable PyTorch or safetensors checkpoint ({_first_line(err)[:160]})") from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, ValueError, ... for damaged files
+        raise InputError(f"model file {path} is not a readable PyTorch or safetensors checkpoint ({_first_line(err)[:160]})") from err
 
 
 def _first_line(err: BaseException) -> str:

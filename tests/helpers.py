@@ -1,0 +1,116 @@
+"""Test helpers: real photographs, PSNR, small random models, and foreign checkpoint layouts."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from vsr.models import RRDBNet, SRVGGNetCompact
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+
+
+def photo(name: str) -> np.ndarray:
+    """A real photograph shipped with scikit-image (RGB uint8, or gray for ``camera``)."""
+    from skimage import data
+
+    return np.ascontiguousarray(getattr(data, name)())
+
+
+def crop(name: str, y: int, x: int, h: int, w: int) -> np.ndarray:
+    img = photo(name)
+    out = img[y : y + h, x : x + w]
+    return np.ascontiguousarray(out if out.ndim == 3 else out[..., None])
+
+
+def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float = 255.0) -> float:
+    """PSNR in dB between two arrays of the same range."""
+    a = torch.as_tensor(np.asarray(a), dtype=torch.float64)
+    b = torch.as_tensor(np.asarray(b), dtype=torch.float64)
+    mse = torch.mean((a - b) ** 2).item()
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def tiny_rrdb(scale: int = 4, seed: int = 0, **kw) -> RRDBNet:
+    """A small random RRDBNet (DESIGN.md section 10: nb=1, nf=8, gc=4 unless overridden)."""
+    torch.manual_seed(seed)
+    params = dict(num_feat=8, num_block=1, num_grow_ch=4, scale=scale) | kw
+    model = RRDBNet(**params).eval()
+    _randomise(model, seed)
+    return model
+
+
+def tiny_srvgg(upscale: int = 4, seed: int = 0, **kw) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    model = SRVGGNetCompact(**(dict(num_feat=8, num_conv=2, upscale=upscale) | kw)).eval()
+    _randomise(model, seed)
+    return model
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    # Default init leaves biases tiny and PReLU slopes equal; make every tensor distinct so a
+    # mis-mapped tensor changes the output.
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+
+
+# --------------------------------------------------------------------------- foreign layouts
+# Written from the layouts' descriptions (DESIGN.md section 9), independently of vsr's loader.
+
+
+def to_old_arch(sd: dict, num_upsample: int) -> dict:
+    """BasicSR names -> original ESRGAN ``model.N`` sequential names."""
+    num_block = len({k.split(".")[1] for k in sd if k.startswith("body.")})
+    out = {}
+    for key, value in sd.items():
+        name, kind = key.rsplit(".", 1)
+        if m := re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d)", name):
+            out[f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.0.{kind}"] = value
+        elif name == "conv_first":
+            out[f"model.0.{kind}"] = value
+        elif name == "conv_body":
+            out[f"model.1.sub.{num_block}.{kind}"] = value
+        elif m := re.fullmatch(r"conv_up(\d)", name):
+            out[f"model.{3 * int(m[1])}.{kind}"] = value
+        elif name == "conv_hr":
+            out[f"model.{2 + 3 * num_upsample}.{kind}"] = value
+        elif name == "conv_last":
+            out[f"model.{4 + 3 * num_upsample}.{kind}"] = value
+        else:
+            raise KeyError(key)
+    return out
+
+
+def to_new_arch(sd: dict) -> dict:
+    """BasicSR names -> ESRGAN repo "new arch" names (RRDB_trunk, trunk_conv, upconvN, HRconv)."""
+    out = {}
+    for key, value in sd.items():
+        key = re.sub(r"^body\.(\d+)\.rdb(\d)\.", r"RRDB_trunk.\1.RDB\2.", key)
+        key = re.sub(r"^conv_body\.", "trunk_conv.", key)
+        key = re.sub(r"^conv_up(\d)\.", r"upconv\1.", key)
+        key = re.sub(r"^conv_hr\.", "HRconv.", key)
+        out[key] = value
+    return out
+
+
+WRAPPERS = ("plain", "params_ema", "params", "state_dict", "model", "net", "module")
+
+
+def wrap(sd: dict, how: str) -> dict:
+    """Wrap a state dict the way training code in the wild saves it."""
+    if how == "plain":
+        return sd
+    if how == "module":
+        return {f"module.{k}": v for k, v in sd.items()}
+    if how == "params_ema":
+        # Real-ESRGAN files hold both; the EMA weights are the ones to use.
+        return {"params_ema": sd, "params": {k: torch.zeros_like(v) for k, v in sd.items()}}
+    if how == "state_dict":
+        return {"state_dict": sd, "epoch": 12, "optimizer": {"lr": torch.tensor(1e-4)}}
+    return {how: sd}

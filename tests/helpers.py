@@ -9,9 +9,6 @@ import torch
 
 from vsr.models import RRDBNet, SRVGGNetCompact
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
-
-
 def photo(name: str) -> np.ndarray:
     """A real photograph shipped with scikit-image (RGB uint8, or gray for ``camera``)."""
     from skimage import data

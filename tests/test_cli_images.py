@@ -216,6 +216,7 @@ def image(tmp_path) -> Path:
         (["{d}/in.png", "{d}/o.mp4"], 2, "no image extension"),
         (["{d}/in.png", "{d}/exists.png"], 73, "--overwrite"),
         (["{d}/in.png", "{d}/in.png", "--overwrite"], 73, "is the input"),
+        (["{d}/in.png", "{d}/exists.png/o.png"], 73, "is a file"),
         (["{d}", "{d}/out.png"], 2, "give a folder"),
         (["{d}/rgba.png", "{d}/o.jpg"], 2, "alpha"),
         (["{d}", "{d}"], 73, "input folder"),

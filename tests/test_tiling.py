@@ -153,6 +153,8 @@ def test_auto_tile_uses_the_budget():
     engine = TorchEngine(NearestUp(4), device=CPU)
     need = estimate_bytes(engine.spec.activation_per_pixel, 200 * 300, torch.float32)
     assert auto_tile(200, 300, engine=engine, batch=1, budget=need) == 0
+    assert auto_tile(200, 300, engine=engine, batch=4, budget=need, frames=2) > 0  # two frames per call
+    assert auto_tile(200, 300, engine=engine, batch=4, budget=2 * need, frames=2) == 0
     side = auto_tile(200, 300, engine=engine, batch=2, budget=need // 10)
     assert MIN_TILE <= side < 200 and side % 8 == 0
     assert estimate_bytes(engine.spec.activation_per_pixel, 2 * side * side, torch.float32) <= need // 10

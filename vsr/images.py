@@ -102,7 +102,7 @@ def plan_tasks(source: Path, target: Path, *, overwrite: bool) -> list[ImageTask
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise OutputError(f"output {existing[0]}{more} already exists; pass --overwrite to replace")
     for task in tasks:
-        check_output(task.target, overwrite=True, inputs=(task.source,))
+        check_output(task.target, overwrite=overwrite, inputs=(task.source,))
     return tasks
 
 

@@ -33,6 +33,14 @@ def check_output(output: Path, *, overwrite: bool, inputs: tuple[Path, ...] = ()
                 raise OutputError(f"output {output} is the input file; choose another output path")
     if output.is_dir():
         raise OutputError(f"output {output} is an existing folder; give a file name")
+    # Fail before any work if the folder cannot be made or written (as root, access() says yes).
+    ancestor = output.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create output {output}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output {output}: {ancestor} is not writable; choose another place")
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} already exists; pass --overwrite to replace it")
 

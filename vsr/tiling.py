@@ -29,11 +29,6 @@ class TilePlan:
     xs: tuple[int, ...]
     scale: int
 
-    @property
-    def tiles(self) -> list[tuple[int, int]]:
-        """Every tile origin ``(y, x)``, row-major."""
-        return [(y, x) for y in self.ys for x in self.xs]
-
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
 

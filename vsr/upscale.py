@@ -52,10 +52,11 @@ def estimate_bytes(activation_per_pixel: float, pixels: int, dtype: torch.dtype)
     return int(activation_per_pixel * pixels * torch.finfo(dtype).bits // 8)
 
 
-def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: int) -> int:
-    """Tile side for ``--tile 0``: 0 (whole frame) when a frame fits ``budget``, else the largest that fits."""
+def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: int, frames: int = 1) -> int:
+    """Tile side for ``--tile 0``: 0 (whole frames) when one engine call of up to ``batch`` of the
+    ``frames`` fits ``budget``, else the largest square tile for which ``batch`` tiles fit."""
     app = engine.spec.activation_per_pixel or 1024.0
-    if estimate_bytes(app, height * width, engine.dtype) <= budget:
+    if estimate_bytes(app, min(batch, frames) * height * width, engine.dtype) <= budget:
         return 0
     side = math.isqrt(max(1, budget // max(1, estimate_bytes(app, batch, engine.dtype))))
     step = max(8, engine.spec.multiple_of)
@@ -99,7 +100,7 @@ class Upscaler:
         n, _, height, width = frames.shape
         spec = self.engine.spec
         x = _pad(frames.to(self.engine.device, self.engine.dtype), spec.multiple_of, spec.min_size)
-        tile = self._tile_for(x.shape[-2], x.shape[-1])
+        tile = self._tile_for(x.shape[-2], x.shape[-1], n)
         while True:
             try:
                 out = self._run(x, tile)
@@ -120,13 +121,13 @@ class Upscaler:
                 tile = self._fitted_tile = smaller
         return out[..., : height * self.scale, : width * self.scale]
 
-    def _tile_for(self, height: int, width: int) -> int:
+    def _tile_for(self, height: int, width: int, frames: int) -> int:
         if self._fitted_tile is not None:
             return self._fitted_tile
         if self.tile:
             return self.tile
         budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
-        return auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget)
+        return auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget, frames=frames)
 
     def _run(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, height, width = x.shape
@@ -138,11 +139,13 @@ class Upscaler:
             return torch.cat([self.engine(x[i : i + self.batch]).float() for i in range(0, n, self.batch)])
         out = torch.zeros(n, spec.out_channels, height * s, width * s, device=x.device, dtype=torch.float32)
         wy, wx = (w.to(x.device) for w in tiling.blend_weights(plan))
-        index = {y: i for i, y in enumerate(plan.ys)}, {x0: j for j, x0 in enumerate(plan.xs)}
-        for chunk in _chunks([(f, y, x0) for f in range(n) for y, x0 in plan.tiles], self.batch):
-            tiles_out = self.engine(extract_tiles(x, chunk, plan.tile_h, plan.tile_w))
-            weights = [wy[index[0][y]][:, None] * wx[index[1][x0]][None, :] for _, y, x0 in chunk]
-            accumulate_tiles(out, tiles_out, [(f, y * s, x0 * s) for f, y, x0 in chunk], weights)
+        # Tiles of all frames in one stream, so a batch can mix frames (n, row i, column j).
+        work = [(f, i, j) for f in range(n) for i in range(len(plan.ys)) for j in range(len(plan.xs))]
+        for chunk in _chunks(work, self.batch):
+            origins = [(f, plan.ys[i], plan.xs[j]) for f, i, j in chunk]
+            tiles_out = self.engine(extract_tiles(x, origins, plan.tile_h, plan.tile_w))
+            weights = [wy[i][:, None] * wx[j][None, :] for _, i, j in chunk]
+            accumulate_tiles(out, tiles_out, [(f, y * s, x0 * s) for f, y, x0 in origins], weights)
         return out
 
 

@@ -334,12 +334,6 @@ def load_model(path: str | Path) -> nn.Module:
     return model_from_tensors(sd, meta, source=path)
 
 
-def canonical_tensors(path: str | Path) -> tuple[ModelSpec, Tensors]:
-    """Spec and BasicSR-named fp32 tensors of a checkpoint file (for interpolation and export)."""
-    model = load_model(path)
-    return model.spec, {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def save_safetensors(path: str | Path, spec: ModelSpec, tensors: Tensors, extra: Mapping[str, Any] | None = None) -> None:
     """Write tensors with vsr metadata (arch, params, anything in ``extra``); deterministic bytes."""
     from safetensors.torch import save_file

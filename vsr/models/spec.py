@@ -5,7 +5,6 @@ The tiler, the pipeline and the engines read the spec instead of special-casing 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +45,3 @@ class ModelSpec:
         """Short human description, e.g. ``RRDBNet x4 (num_feat=64, num_block=23, ...)``."""
         inner = ", ".join(f"{k}={v}" for k, v in self.params)
         return f"{self.arch} x{self.scale} ({inner})"
-
-    def params_json(self) -> str:
-        """Hyper-parameters as canonical JSON (sorted keys), for file metadata."""
-        return json.dumps(self.kwargs, sort_keys=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from helpers import crop
-from vsr.errors import InputError, InputMissing
+from vsr.errors import InputError, InputMissing, OutputError
 from vsr.kernels import quantize
 from vsr.models import checkpoint, ncnn, zoo
 
@@ -122,7 +123,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
 def test_concurrent_conversions_are_safe(tmp_path):
     env_home = tmp_path / "home"
     code = "from vsr.models import zoo; print(zoo.ensure_converted('realesr-animevideov3'))"
-    env = {**__import__("os").environ, "VSR_HOME": str(env_home)}
+    env = {**os.environ, "VSR_HOME": str(env_home)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1].decode()[-500:] for o in outs]
@@ -167,3 +168,11 @@ def test_parse_param_arrays():
     layers = ncnn.parse_param(text)
     assert layers[1].params == {0: 1, 1: [0.2, 1.0]}
     assert layers[1].inputs == ("a", "b") and layers[1].outputs == ("out",)
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("VSR_HOME", str(blocker))
+    with pytest.raises(OutputError, match="VSR_HOME"):
+        zoo.ensure_converted("realesr-animevideov3")

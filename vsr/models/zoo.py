@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import BackendUnavailable, InputError, InputMissing
+from ..errors import BackendUnavailable, InputError, InputMissing, OutputError
 from ..paths import vsr_home
 from . import checkpoint, ncnn
 
@@ -170,13 +170,18 @@ def ensure_converted(name: str, *, src: Path | None = None) -> Path:
     ok, reason = _cache_state(entry, src)
     if ok:
         return cached_path(name)
-    models_dir().mkdir(parents=True, exist_ok=True)
-    with _conversion_lock(name):
-        ok, _ = _cache_state(entry, src)  # another process may have finished while we waited
-        if ok:
-            return cached_path(name)
-        log.info("converting %s (%s)", name, reason)
-        return convert(name, src=src)
+    try:
+        models_dir().mkdir(parents=True, exist_ok=True)
+        with _conversion_lock(name):
+            ok, _ = _cache_state(entry, src)  # another process may have finished while we waited
+            if ok:
+                return cached_path(name)
+            log.info("converting %s (%s)", name, reason)
+            return convert(name, src=src)
+    except OSError as err:
+        raise OutputError(
+            f"cannot write the model cache {models_dir()} ({err.strerror or err}); set VSR_HOME to a writable folder"
+        ) from err
 
 
 def load_named(name: str) -> nn.Module:

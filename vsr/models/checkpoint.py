@@ -102,17 +102,15 @@ def _torch_load(path: Path) -> Any:
             warnings.simplefilter("ignore")  # pickle-protocol chatter would break the one-line error
             # weights_only: a checkpoint from the internet must not be able to run code.
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ValueError, ... for bad files
         text = str(err)
-        if "Weights only load failed" in text:
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
             found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: \s*(.+)", text)
             what = f" ({found[1]})" if found else ""
             raise InputError(
                 f"model file {path} holds Python objects{what} that torch.load(weights_only=True) refuses to run;"
                 " save only the state_dict, or convert the file to .safetensors where you trust it"
             ) from err
-        raise InputError(f"model file {path} is not a readable PyTorch or safetensors checkpoint ({_first_line(err)[:160]})") from err
-    except Exception as err:  # torch raises RuntimeError, EOFError, ValueError, ... for damaged files
         raise InputError(f"model file {path} is not a readable PyTorch or safetensors checkpoint ({_first_line(err)[:160]})") from err
 
 

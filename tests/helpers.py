@@ -9,6 +9,27 @@ import torch
 
 from vsr.models import RRDBNet, SRVGGNetCompact
 
+def run(capsys, *argv) -> tuple[int, str]:
+    """``vsr ARGV`` in-process; returns the exit code and what went to stderr."""
+    from vsr.cli import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def one_line_error(err: str) -> str:
+    """The error output must be exactly one ``vsr: error: ...`` line; returns it."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vsr: error: ")
+    return lines[0]
+
+
+def leftovers(folder) -> list[str]:
+    """Names of ``.partial`` files left in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+
+
 def photo(name: str) -> np.ndarray:
     """A real photograph shipped with scikit-image (RGB uint8, or gray for ``camera``)."""
     from skimage import data

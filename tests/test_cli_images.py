@@ -12,27 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import crop, psnr, tiny_rrdb, tiny_srvgg
+from helpers import crop, leftovers, one_line_error, psnr, run, tiny_rrdb, tiny_srvgg
 from vsr.cli import main
 from vsr.media.image import read_image, write_image
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def one_line_error(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("vsr: error: ")
-    return lines[0]
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
 
 
 @pytest.fixture

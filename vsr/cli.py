@@ -22,6 +22,9 @@ from .errors import Interrupted, UsageError, VsrError
 log = logging.getLogger("vsr")
 
 EXAMPLES_RUN = """examples:
+  vsr run clip.mp4 clip_x4.mp4
+  vsr run film.mkv film_x4.mkv --fp16 --codec libx265 --crf 18 --pix-fmt yuv420p10le
+  vsr run show.mp4 show_x2.mp4 --outscale 2 --no-subtitles --progress json
   vsr run photo.png photo_x4.png
   vsr run frames/ frames_x4/ --model realesr-animevideov3 --tile 256
   vsr run scan.tif scan_x2.tif --outscale 2 --device cuda --fp16
@@ -57,6 +60,13 @@ def _outscale(text: str) -> float:
     return value
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
 def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -67,6 +77,7 @@ def _unit_interval(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The whole argparse tree."""
     from .models.zoo import DEFAULT_MODEL
+    from .progress import KINDS
     from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
     common = argparse.ArgumentParser(add_help=False)
@@ -81,13 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         parents=[common],
-        help="upscale an image or a folder of images",
-        description="Upscale an image, or every image in a folder (same names in the output folder).",
+        help="upscale a video, an image or a folder of images",
+        description=(
+            "Upscale a video (every frame, with its timestamps, colour tags, audio, subtitles, chapters\n"
+            "and metadata kept), an image, or every image in a folder (same names in the output folder)."
+        ),
         epilog=EXAMPLES_RUN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("input", type=Path, help="image file (png, jpg, webp, tif) or folder of images")
-    run.add_argument("output", type=Path, help="output image file, or folder for a folder input")
+    run.add_argument("input", type=Path, help="video file, image file (png, jpg, webp, tif) or folder of images")
+    run.add_argument("output", type=Path, help="output video (.mp4 .mkv .mov .webm .ts) or image file, or folder for a folder input")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
     run.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
@@ -95,9 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16")
     run.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
     run.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
-    run.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"tiles per model call (default {DEFAULT_BATCH})")
+    run.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
     run.add_argument("--alpha", choices=("model", "resize"), default="model", help="upscale alpha with the network (default) or bicubic")
     run.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    video = run.add_argument_group("video output")
+    video.add_argument("--codec", help="video encoder: libx264 (default; libvpx-vp9 for .webm), libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
+    video.add_argument("--crf", type=float, help="constant quality (lower is better; default 18 x264, 20 x265, 30 svtav1/vp9; cq for nvenc)")
+    video.add_argument("--preset", help="encoder speed preset (e.g. slow, medium for x264/x265; 0-13 for svtav1; p1-p7 for nvenc)")
+    video.add_argument("--pix-fmt", help="output pixel format (default: the source's chroma layout and bit depth where the encoder takes it)")
+    video.add_argument("--encoder-opt", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="any encoder option, repeatable (e.g. tune=film, x265-params=...)")
+    video.add_argument("--no-audio", action="store_true", help="leave the audio streams out (default: copied packet for packet)")
+    video.add_argument("--no-subtitles", action="store_true", help="leave the subtitle streams out (default: copied packet for packet)")
+    video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
+    run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     run.set_defaults(handler=cmd_run)
 
     models = sub.add_parser("models", parents=[common], help="list the named pretrained models")
@@ -128,14 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+VIDEO_FLAGS = ("codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel")
 
-    from . import models
-    from .device import resolve_device, resolve_dtype
-    from .engines import TorchEngine
-    from .images import plan_tasks, run_tasks
-    from .upscale import Upscaler
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .media.image import image_format
 
     precision = args.precision or "fp32"
     if args.fp16 is not None:
@@ -145,27 +166,96 @@ def cmd_run(args: argparse.Namespace) -> int:
         precision = wanted
     if args.tile and args.tile_overlap >= args.tile:
         raise UsageError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}")
+    # An image on either side means an image job (a video into a .png is refused there).
+    is_images = args.input.is_dir() or image_format(args.input) is not None or image_format(args.output) is not None
+    if is_images:
+        given = [f"--{name.replace('_', '-')}" for name in VIDEO_FLAGS if getattr(args, name) not in (None, False, [])]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to video input; {args.input} is an image input")
+        return _run_images(args, precision)
+    return _run_video(args, precision)
+
+
+def _make_upscaler(args: argparse.Namespace, precision: str):
+    from . import models
+    from .device import resolve_device, resolve_dtype
+    from .engines import TorchEngine
+    from .upscale import Upscaler
+
     device = resolve_device(args.device)
-    tasks = plan_tasks(args.input, args.output, overwrite=args.overwrite)
     model = models.load(args.model)
     engine = TorchEngine(model, device=device, dtype=resolve_dtype(precision))
     log.info("model %s on %s", engine, device)
-    upscaler = Upscaler(engine, tile=args.tile, overlap=args.tile_overlap, batch=args.batch)
+    return Upscaler(engine, tile=args.tile, overlap=args.tile_overlap, batch=args.batch)
+
+
+def _run_images(args: argparse.Namespace, precision: str) -> int:
+    from tqdm import tqdm
+
+    from .images import plan_tasks, run_tasks
+
+    tasks = plan_tasks(args.input, args.output, overwrite=args.overwrite)
+    upscaler = _make_upscaler(args, precision)
     started = time.perf_counter()
-    with tqdm(total=len(tasks), unit="img", disable=None if len(tasks) > 1 else True, file=sys.stderr) as bar:
+    with tqdm(total=len(tasks), unit="img", disable=None if len(tasks) > 1 and args.progress == "bar" else True, file=sys.stderr) as bar:
         try:
             failures = run_tasks(
                 tasks, upscaler, outscale=args.outscale, alpha=args.alpha, overwrite=args.overwrite,
                 keep_going=len(tasks) > 1, on_done=lambda _: bar.update(),
             )
         finally:
-            engine.close()
+            upscaler.engine.close()
     done = len(tasks) - len(failures)
     log.info("%d image(s) written in %.1f s", done, time.perf_counter() - started)
     if failures:
         task, err = failures[0]
         raise type(err)(f"{len(failures)} of {len(tasks)} images failed (first: {err})")
     return 0
+
+
+def _run_video(args: argparse.Namespace, precision: str) -> int:
+    from . import progress
+    from .media.encode import EncodeSettings
+    from .pipeline import VideoJob, check_job, run_video
+
+    settings = EncodeSettings(
+        codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, options=tuple(args.encoder_opt),
+        audio=not args.no_audio, subtitles=not args.no_subtitles,
+    )
+    job = VideoJob(args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel, overwrite=args.overwrite)
+    if not args.input.exists():
+        from .errors import InputMissing
+
+        raise InputMissing(f"input {args.input} does not exist")
+    check_job(job)  # bad output paths fail before the model loads
+    upscaler = _make_upscaler(args, precision)
+    reporter = progress.make("none" if args.quiet else args.progress)
+    try:
+        result = run_video(job, upscaler, on_start=lambda info: reporter.start(info.frames_hint), on_frame=reporter.update)
+    finally:
+        reporter.close()
+        upscaler.engine.close()
+    summary = {
+        "event": "done", "frames": result.frames, "seconds": round(result.seconds, 2), "fps": round(result.fps, 3),
+        "output": str(result.output), "bytes": result.output_bytes,
+    }
+    if args.progress == "json":
+        print(json.dumps(summary), flush=True)
+    elif not args.quiet:
+        print(
+            f"vsr: done: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps), "
+            f"{result.output} {_size(result.output_bytes)}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ def frame_to_array(frame: av.VideoFrame) -> np.ndarray:
     channels = (1 if gray else 3) + (1 if has_alpha else 0)
     target = _PACKED[(channels, bits)]
     if fmt.name != target:
-        frame = frame.reformat(format=target)
+        frame = frame.reformat(format=target, threads=1)  # threaded swscale corrupts >8-bit rows here
     if target in _NDARRAY_FORMATS:
         arr = frame.to_ndarray()
     else:  # gray+alpha: read the packed plane directly

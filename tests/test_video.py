@@ -1,0 +1,349 @@
+"""``vsr run`` on videos: every frame, timestamp, stream and colour tag kept; bad media refused.
+
+The clips come from tests/media.py (real photographs with camera motion, real audio and
+subtitles). Pixel checks re-run the model on the input's decoded frames and compare with the
+output decoded by PyAV; a lossless encode (`qp=0`) makes that comparison exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import media
+from helpers import leftovers, one_line_error, psnr, run, tiny_rrdb, tiny_srvgg
+from vsr import color
+from vsr.engines import TorchEngine
+from vsr.kernels.yuv import rgb_to_yuv, yuv_to_rgb
+from vsr.upscale import Upscaler
+
+SCALE = 4
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Each named clip of tests/media.py, made once per module on first use."""
+    folder = tmp_path_factory.mktemp("clips")
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = getattr(media, name)(folder)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny_x4.pth"
+    torch.save({"params_ema": tiny_srvgg(upscale=SCALE).state_dict()}, path)
+    return path
+
+
+def upscale(args, capsys, model_file, *extra):
+    code, err = run(capsys, "run", *args, "--model", model_file, "--progress", "none", *extra)
+    return code, err
+
+
+def stream_kinds(path: Path) -> list[str]:
+    with av.open(str(path)) as c:
+        return [s.type for s in c.streams]
+
+
+def video_props(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frame = next(c.decode(v))
+        return {
+            "codec": v.codec_context.name, "width": v.codec_context.width, "height": v.codec_context.height,
+            "pix_fmt": frame.format.name, "colorspace": int(frame.colorspace), "color_range": int(frame.color_range),
+            "primaries": int(frame.color_primaries), "trc": int(frame.color_trc),
+            "time_base": Fraction(v.time_base), "metadata": dict(c.metadata),
+        }
+
+
+def seconds(path: Path) -> list[Fraction]:
+    """Exact presentation times of every video frame."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return [f.pts * Fraction(v.time_base) for f in c.decode(v)]
+
+
+def reference(path: Path, model: torch.nn.Module) -> list[list[np.ndarray]]:
+    """The model run directly on the input's decoded frames, converted back to the source's planes."""
+    info_colour, lay = None, None
+    out = []
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        cc = v.codec_context
+        info_colour = color.resolve(int(cc.colorspace), int(cc.color_range), int(cc.color_primaries), int(cc.color_trc),
+                                    pix_fmt=cc.format.name, width=cc.width, height=cc.height)
+        lay = color.layout(cc.format.name)
+        kr, kb = color.MATRICES[info_colour.matrix]
+        engine = TorchEngine(model, device=torch.device("cpu"), dtype=torch.float32)
+        for frame in c.decode(v):
+            y, u, w = (torch.from_numpy(p.astype(np.int32))[None] for p in media.planes(frame))
+            rgb = yuv_to_rgb(y, u, w, kr=kr, kb=kb, bits=lay.bits, full_range=info_colour.full_range)
+            with torch.no_grad():
+                up = Upscaler(engine, batch=1)(rgb)
+            planes = rgb_to_yuv(up, kr=kr, kb=kb, bits=lay.bits, full_range=info_colour.full_range, chroma=lay.chroma)
+            out.append([p[0].numpy().astype(np.int64) for p in planes])
+    return out
+
+
+def assert_pixels_match(output: Path, expected: list[list[np.ndarray]]) -> None:
+    frames = media.decode_frames(output)
+    assert len(frames) == len(expected)
+    for frame, want in zip(frames, expected, strict=True):
+        got = [p.astype(np.int64) for p in media.planes(frame)]
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape
+            diff = np.abs(g - w)
+            # Batched vs single-frame convolutions differ in the last float bits.
+            assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+def load_model(path: Path) -> torch.nn.Module:
+    from vsr import models
+
+    return models.load(str(path))
+
+
+# --------------------------------------------------------------------------- good inputs
+
+
+def test_h264_aac_mp4_odd_size(tmp_path, capsys, clips, model_file):
+    src = clips("h264_aac_mp4")
+    out = tmp_path / "out.mp4"
+    code, err = upscale([src, out], capsys, model_file, "--encoder-opt", "qp=0")
+    assert code == 0, err
+    assert "done: 8 frames" in err
+    props = video_props(out)
+    assert (props["width"], props["height"]) == (98 * SCALE, 70 * SCALE)
+    assert props["codec"] == "h264" and props["pix_fmt"] == "yuv420p"
+    assert (props["colorspace"], props["color_range"], props["primaries"], props["trc"]) == (1, 1, 1, 1)
+    assert props["metadata"].get("title") == "vsr test clip"
+    assert seconds(out) == seconds(src)
+    assert [p[2] for p in media.packets(out, "audio")] == [p[2] for p in media.packets(src, "audio")]
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        assert [c["metadata"].get("title") for c in b.chapters()] == [c["metadata"].get("title") for c in a.chapters()]
+        assert len(b.chapters()) == 2
+    assert_pixels_match(out, reference(src, load_model(model_file)))
+    assert not leftovers(tmp_path)
+
+
+def test_hevc_10bit_opus_srt_mkv(tmp_path, capsys, clips, model_file):
+    src = clips("hevc10_opus_srt_mkv")
+    out = tmp_path / "out.mkv"
+    code, err = upscale([src, out], capsys, model_file, "--codec", "libx265", "--encoder-opt", "x265-params=lossless=1:log-level=error")
+    assert code == 0, err
+    props = video_props(out)
+    assert props["codec"] == "hevc" and props["pix_fmt"] == "yuv420p10le"
+    assert (props["width"], props["height"]) == (96 * SCALE, 64 * SCALE)
+    assert seconds(out) == seconds(src)
+    assert [p[2] for p in media.packets(out, "audio")] == [p[2] for p in media.packets(src, "audio")]
+    subs_in, subs_out = media.packets(src, "subtitle"), media.packets(out, "subtitle")
+    assert subs_out and [p[2] for p in subs_out] == [p[2] for p in subs_in]
+    assert stream_kinds(out) == ["video", "audio", "subtitle"]
+    expected = reference(src, load_model(model_file))
+    assert_pixels_match(out, expected)
+    luma = np.concatenate([f[0].ravel() for f in expected])
+    assert np.mean(luma % 4 != 0) > 0.5  # real 10-bit output, not 8-bit codes shifted up
+
+
+def test_variable_frame_rate_survives(tmp_path, capsys, clips, model_file):
+    src = clips("vfr_mp4")
+    out = tmp_path / "out.mkv"
+    code, err = upscale([src, out], capsys, model_file)
+    assert code == 0, err
+    got = seconds(out)
+    want = [Fraction(p) * media.VFR_TIME_BASE for p in media.vfr_pts()]
+    assert [round(float(t - got[0]), 3) for t in got] == [round(float(t - want[0]), 3) for t in want]
+    assert len(set(np.diff([float(t) for t in got]).round(3))) > 2  # still irregular
+
+
+def test_full_range_bt601_without_audio(tmp_path, capsys, clips, model_file):
+    src = clips("yuvj420p_mp4")
+    out = tmp_path / "out.mp4"
+    code, err = upscale([src, out], capsys, model_file, "--encoder-opt", "qp=0")
+    assert code == 0, err
+    props = video_props(out)
+    assert props["color_range"] == 2 and props["colorspace"] in (5, 6)
+    assert stream_kinds(out) == ["video"]
+    assert_pixels_match(out, reference(src, load_model(model_file)))
+
+
+def test_vp9_opus_webm(tmp_path, capsys, clips, model_file):
+    src = clips("vp9_opus_webm")
+    out = tmp_path / "out.webm"
+    code, err = upscale([src, out], capsys, model_file)
+    assert code == 0, err
+    props = video_props(out)
+    assert props["codec"] == "vp9" and (props["width"], props["height"]) == (384, 256)
+    assert [p[2] for p in media.packets(out, "audio")] == [p[2] for p in media.packets(src, "audio")]
+    assert seconds(out) == seconds(src)
+    # Lossy encode: compare in RGB with FFmpeg's own conversion of both files.
+    ref = reference(src, load_model(model_file))
+    got = [media.planes(f)[0] for f in media.decode_frames(out)]
+    assert min(psnr(g, r[0]) for g, r in zip(got, ref, strict=True)) > 30
+
+
+def test_odd_size_444_keeps_chroma(tmp_path, capsys, clips, model_file):
+    src = clips("yuv444_odd_mkv")
+    out = tmp_path / "out.mkv"
+    code, err = upscale([src, out], capsys, model_file, "--encoder-opt", "qp=0")
+    assert code == 0, err
+    props = video_props(out)
+    assert props["pix_fmt"] == "yuv444p" and (props["width"], props["height"]) == (97 * SCALE, 71 * SCALE)
+    assert_pixels_match(out, reference(src, load_model(model_file)))
+
+
+def test_truncated_transport_stream_is_processed_with_a_warning(tmp_path, capsys, clips, model_file):
+    src = clips("truncated_ts")
+    decodable = len(media.decode_frames(src))
+    assert decodable < media.TRUNCATED_FRAMES
+    out = tmp_path / "out.ts"
+    code, err = upscale([src, out], capsys, model_file)
+    assert code == 0, err
+    assert f"{decodable} frames read" in err and "truncated" in err
+    assert len(media.decode_frames(out)) == decodable
+    assert seconds(out) == seconds(src)
+
+
+def test_outscale_no_audio_no_subtitles_and_json_progress(tmp_path, capsys, clips, model_file):
+    src = clips("hevc10_opus_srt_mkv")
+    out = tmp_path / "out.mkv"
+    code = run_main(["run", src, out, "--model", model_file, "--outscale", "2", "--no-audio", "--no-subtitles", "--progress", "json", "--batch", "3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    progress, done = lines[:-1], lines[-1]
+    assert progress and all(p["event"] == "progress" and p["unit"] == "frame" for p in progress)
+    assert progress[-1]["done"] == 8 and done["event"] == "done" and done["frames"] == 8 and done["bytes"] == out.stat().st_size
+    assert stream_kinds(out) == ["video"]
+    props = video_props(out)
+    assert (props["width"], props["height"]) == (192, 128)
+
+
+def run_main(argv) -> int:
+    from vsr.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_tiles_and_batches_give_the_same_video(tmp_path, capsys, clips, model_file):
+    src = clips("h264_aac_mp4")
+    whole, tiled = tmp_path / "whole.mkv", tmp_path / "tiled.mkv"
+    assert upscale([src, whole], capsys, model_file, "--encoder-opt", "qp=0", "--batch", "8")[0] == 0
+    assert upscale([src, tiled], capsys, model_file, "--encoder-opt", "qp=0", "--tile", "48", "--tile-overlap", "8", "--batch", "5")[0] == 0
+    for a, b in zip(media.decode_frames(whole), media.decode_frames(tiled), strict=True):
+        assert psnr(media.planes(a)[0], media.planes(b)[0]) > 40
+
+
+def test_stream_the_container_cannot_hold_is_named(tmp_path, capsys, clips, model_file):
+    src = clips("hevc10_opus_srt_mkv")
+    code, err = upscale([src, tmp_path / "out.mp4"], capsys, model_file)
+    assert code == 73
+    line = one_line_error(err)
+    assert "subtitle stream #2" in line and "--no-subtitles" in line and ".mkv" in line
+    assert list(tmp_path.iterdir()) == []
+    code, err = upscale([src, tmp_path / "out.mp4"], capsys, model_file, "--no-subtitles")
+    assert code == 0, err
+    assert stream_kinds(tmp_path / "out.mp4") == ["video", "audio"]
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path, capsys, clips, model_file):
+    src = clips("vfr_mp4")
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    code, err = upscale([src, out], capsys, model_file)
+    assert code == 73 and "--overwrite" in one_line_error(err)
+    assert out.read_bytes() == b"precious"
+    code, err = upscale([src, out], capsys, model_file, "--overwrite")
+    assert code == 0, err
+    assert len(media.decode_frames(out)) == len(media.vfr_pts())
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    "name,code,needle",
+    [
+        ("audio_only", 65, "no video stream"),
+        ("empty_file", 65, "empty"),
+        ("text_file", 65, "not a video"),
+        (None, 66, "does not exist"),
+    ],
+)
+def test_bad_media_get_one_line_and_leave_nothing(tmp_path, capsys, clips, model_file, name, code, needle):
+    src = clips(name) if name else tmp_path / "missing.mp4"
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    got, err = upscale([src, outdir / "o.mp4"], capsys, model_file)
+    assert got == code, err
+    assert needle in one_line_error(err)
+    assert list(outdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra,code,needle",
+    [
+        (["--codec", "nope264"], 2, "no such encoder"),
+        (["--pix-fmt", "yuv420p10le", "--codec", "libvpx-vp9"], 2, "not accepted by libvpx-vp9"),
+        (["--preset", "slow", "--codec", "libvpx-vp9"], 2, "cpu-used"),
+        (["--encoder-opt", "novalue"], 2, "KEY=VALUE"),
+        (["--hwaccel", "cuda"], 69, "NVIDIA"),
+    ],
+)
+def test_bad_encoder_settings(tmp_path, capsys, clips, model_file, extra, code, needle):
+    if "--hwaccel" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    got, err = upscale([clips("vfr_mp4"), tmp_path / "o.mkv"], capsys, model_file, *extra)
+    assert got == code, err
+    assert needle in one_line_error(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_output_extension(tmp_path, capsys, clips, model_file):
+    got, err = upscale([clips("vfr_mp4"), tmp_path / "o.avi2"], capsys, model_file)
+    assert got == 2 and "container" in one_line_error(err)
+
+
+# --------------------------------------------------------------------------- interruption
+
+
+def test_ctrl_c_exits_130_and_removes_the_partial_file(tmp_path):
+    src = media.make_clip(tmp_path / "long.mkv", size=(96, 64), frames=120, rate=Fraction(24))
+    model = tmp_path / "slow.pth"
+    torch.save({"params_ema": tiny_rrdb(num_feat=32, num_block=3, num_grow_ch=16).state_dict()}, model)
+    out = tmp_path / "out" / "o.mkv"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vsr", "run", str(src), str(out), "--model", str(model), "--progress", "json", "--batch", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    # Interrupt once frames are being written.
+    first = proc.stdout.readline()
+    assert json.loads(first)["event"] == "progress", first
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "vsr: error: interrupted by the user"
+    assert not out.exists() and list(out.parent.iterdir()) == []

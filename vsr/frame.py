@@ -1,0 +1,81 @@
+"""Value types that travel through the video pipeline: what a video is, and one decoded frame.
+
+A :class:`Frame` carries the decoder's pixels as planes (no colour conversion yet), with the
+decoder's own ``pts`` and ``time_base``. Output timestamps are these timestamps; nothing in vsr
+derives a timestamp from a frame rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .color import Colour
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One stream of the input container (for logs, copy decisions and error messages)."""
+
+    index: int
+    kind: str  # "video", "audio", "subtitle", "attachment", "data"
+    codec: str
+    language: str | None = None
+
+    def describe(self) -> str:
+        lang = f" [{self.language}]" if self.language else ""
+        return f"#{self.index} {self.kind} {self.codec}{lang}"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the input's video stream declares, before any frame is decoded.
+
+    ``frames_hint`` comes from the container header and is only a progress hint (it is missing or
+    wrong in many files); the pipeline counts what it actually decodes.
+    """
+
+    path: Path
+    container: str
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    time_base: Fraction
+    rate: Fraction | None
+    frames_hint: int | None
+    duration: float | None
+    colour: Colour
+    stream_index: int
+    streams: tuple[StreamInfo, ...] = ()
+
+    def describe(self) -> str:
+        rate = f"{float(self.rate):.3g} fps" if self.rate else "unknown rate"
+        count = f", ~{self.frames_hint} frames" if self.frames_hint else ""
+        return f"{self.codec} {self.width}x{self.height} {self.pix_fmt} {self.colour.describe()}, {rate}{count}"
+
+
+@dataclass
+class Frame:
+    """One decoded video frame.
+
+    ``planes`` are 2-D numpy arrays in the layout of ``pix_fmt`` (Y, U, V for planar YUV; G, B, R
+    for ``gbrp``; one plane for gray), uint8 for 8-bit formats and uint16 above. ``pts`` is in
+    ``time_base`` units, straight from the decoder (None only when the stream has no timestamps).
+    """
+
+    index: int
+    planes: list[np.ndarray]
+    pix_fmt: str
+    pts: int | None
+    time_base: Fraction
+    width: int
+    height: int
+
+    @property
+    def time(self) -> float | None:
+        """Presentation time in seconds."""
+        return None if self.pts is None else float(self.pts * self.time_base)

@@ -1,0 +1,239 @@
+"""Opening a video and decoding it with PyAV: frames as planes with their own timestamps, and the
+packets of every other stream untouched, in file order.
+
+Errors are classified here, at the edge: a missing file is exit 66; an empty file, something that
+is not media, a damaged header or a file without a video stream is exit 65 with one line. A file
+that ends early (truncated) is decoded up to where it can be, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .. import color
+from ..errors import BackendUnavailable, InputError, InputMissing
+from ..frame import Frame, StreamInfo, VideoInfo
+
+log = logging.getLogger(__name__)
+
+# Semi-planar formats (what NVDEC hands back) split into planes without a swscale pass.
+_SEMI_PLANAR = {"nv12": (8, 0), "nv21": (8, 0), "p010le": (10, 6), "p016le": (16, 0)}
+
+
+@dataclass
+class CopiedPacket:
+    """A packet of a non-video stream, to be muxed as it is (remux, no re-encode)."""
+
+    packet: av.Packet
+    stream_index: int
+
+
+def _stream_kind(stream: av.stream.Stream) -> str:
+    return stream.type or "data"
+
+
+def _codec_name(stream: av.stream.Stream) -> str:
+    try:
+        return stream.codec_context.name if stream.codec_context else "unknown"
+    except Exception:  # attachment/data streams can lack a codec context
+        return "unknown"
+
+
+def _is_cover_art(stream: av.stream.Stream) -> bool:
+    try:
+        return bool(stream.disposition & av.stream.Disposition.attached_pic)
+    except (AttributeError, TypeError):
+        return False
+
+
+def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.InputContainer, VideoInfo]:
+    """Open ``path`` and describe its first video stream (cover art does not count).
+
+    ``hwaccel="cuda"`` asks FFmpeg for NVDEC decoding (frames are downloaded to host memory).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputMissing(f"input {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"input {path} is a folder; video input must be a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"input {path} is empty (0 bytes); nothing to upscale")
+    options = {}
+    if hwaccel:
+        options["hwaccel"] = _hwaccel(hwaccel)
+    try:
+        container = av.open(str(path), mode="r", **options)
+    except av.error.FileNotFoundError as err:
+        raise InputMissing(f"input {path} does not exist") from err
+    except PermissionError as err:
+        raise InputError(f"input {path} is not readable (permission denied)") from err
+    except (av.error.FFmpegError, OSError) as err:
+        raise InputError(f"input {path} is not a video vsr can read ({_ffmpeg_reason(err)}); check the file") from err
+    try:
+        info = _describe(container, path)
+    except BaseException:
+        container.close()
+        raise
+    return container, info
+
+
+def _hwaccel(name: str):
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    if name != "cuda":
+        raise BackendUnavailable(f"--hwaccel {name} is not supported; use --hwaccel cuda or leave it out")
+    import torch
+
+    if "cuda" not in hwdevices_available() or not torch.cuda.is_available():
+        raise BackendUnavailable("--hwaccel cuda needs an NVIDIA GPU and driver (NVDEC); none found, leave --hwaccel out to decode on the CPU")
+    # Software fallback stays on: NVDEC does not take every profile (e.g. 4:2:2 H.264).
+    return HWAccel(device_type="cuda", allow_software_fallback=True)
+
+
+def _ffmpeg_reason(err: BaseException) -> str:
+    text = getattr(err, "strerror", None) or str(err)
+    return f"FFmpeg: {text}"
+
+
+def _describe(container: av.container.InputContainer, path: Path) -> VideoInfo:
+    streams = tuple(
+        StreamInfo(s.index, _stream_kind(s), _codec_name(s), s.metadata.get("language") if s.metadata else None)
+        for s in container.streams
+    )
+    videos = [s for s in container.streams.video if not _is_cover_art(s)]
+    if not videos:
+        held = ", ".join(s.describe() for s in streams) or "no streams"
+        raise InputError(f"input {path} has no video stream (it holds: {held})")
+    v = videos[0]
+    cc = v.codec_context
+    if not cc.width or not cc.height or cc.format is None:
+        raise InputError(f"input {path}: video stream #{v.index} has no frame size or pixel format (damaged header?)")
+    pix_fmt = cc.format.name
+    colour = color.resolve(
+        int(cc.colorspace or 2), int(cc.color_range or 0), int(cc.color_primaries or 2), int(cc.color_trc or 2),
+        pix_fmt=pix_fmt, width=cc.width, height=cc.height,
+    )
+    rate = v.average_rate or v.guessed_rate or None
+    duration = float(container.duration / av.time_base) if container.duration else None
+    return VideoInfo(
+        path=path,
+        container=container.format.name,
+        codec=cc.name,
+        width=cc.width,
+        height=cc.height,
+        pix_fmt=pix_fmt,
+        time_base=Fraction(v.time_base) if v.time_base else Fraction(1, 90000),
+        rate=Fraction(rate) if rate else None,
+        frames_hint=v.frames or (round(duration * rate) if duration and rate else None),
+        duration=duration,
+        colour=colour,
+        stream_index=v.index,
+        streams=streams,
+    )
+
+
+def frame_planes(frame: av.VideoFrame) -> tuple[str, list[np.ndarray]]:
+    """The pixels of ``frame`` as 2-D numpy planes (padding removed) and their pixel format.
+
+    Planar YUV/gray formats the kernels understand come out as they are; NV12/P010 (hardware
+    decoders) are split without swscale; anything else is reformatted to the nearest planar format
+    of the same bit depth (see :func:`vsr.color.fallback_format`).
+    """
+    name = frame.format.name
+    if name in _SEMI_PLANAR:
+        bits, shift = _SEMI_PLANAR[name]
+        itemsize = 1 if bits == 8 else 2
+        y, uv = _plane_array(frame.planes[0], itemsize), _plane_array(frame.planes[1], itemsize, per_pixel=2)
+        if shift:
+            y, uv = y >> shift, uv >> shift
+        u, v = (uv[:, 1::2], uv[:, 0::2]) if name == "nv21" else (uv[:, 0::2], uv[:, 1::2])
+        return f"yuv420p{'' if bits == 8 else f'{bits}le'}", [y, u, v]
+    if color.layout(name) is None:
+        target = color.fallback_format(name)
+        frame = frame.reformat(format=target, threads=1)  # threaded swscale corrupts >8-bit rows here
+        name = target
+    lay = color.layout(name)
+    itemsize = 1 if lay is None or lay.bits <= 8 else 2
+    return name, [_plane_array(p, itemsize) for p in frame.planes]
+
+
+def _plane_array(plane, itemsize: int, per_pixel: int = 1) -> np.ndarray:
+    """One plane as a 2-D array; ``per_pixel`` is 2 for the interleaved UV plane of NV12/P010."""
+    dtype = np.uint8 if itemsize == 1 else np.dtype("<u2")
+    data = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // itemsize)
+    # Copy: the frame's buffer is reused by the decoder once the frame is released.
+    return data[:, : plane.width * per_pixel].copy()
+
+
+def iter_media(
+    container: av.container.InputContainer,
+    info: VideoInfo,
+    *,
+    copy_streams: dict[int, int],
+) -> Iterator[Frame | CopiedPacket]:
+    """Demux the file once, in order: decoded frames of the video stream as :class:`Frame`, and the
+    packets of the streams in ``copy_streams`` (input index -> output index) as :class:`CopiedPacket`.
+
+    Decoding errors after the first frame end the stream with a warning instead of failing the job
+    (a truncated or damaged tail); the caller sees fewer frames and the warning says how many.
+    """
+    video = container.streams[info.stream_index]
+    video.thread_type = "AUTO"
+    wanted = [video] + [container.streams[i] for i in copy_streams]
+    count = 0
+    damaged: list[int] = []
+    try:
+        for packet in container.demux(wanted):
+            if packet.stream_index != info.stream_index:
+                if packet.size:  # empty packets are demuxer flush markers, not data
+                    yield CopiedPacket(packet, copy_streams[packet.stream_index])
+                continue
+            for frame in _decode(packet, count):
+                if frame.is_corrupt:
+                    damaged.append(count)
+                yield _to_frame(frame, count, info)
+                count += 1
+    except av.error.FFmpegError as err:
+        if count == 0:
+            raise InputError(f"input {info.path}: no frame could be decoded ({_ffmpeg_reason(err)})") from err
+        log.warning(
+            "input %s is damaged or truncated: reading stopped after %d frames (%s); the output holds those %d frames",
+            info.path, count, _ffmpeg_reason(err), count,
+        )
+        return
+    if count == 0:
+        raise InputError(f"input {info.path}: the video stream holds no decodable frame")
+    if damaged:
+        where = ", ".join(str(i) for i in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        log.warning(
+            "input %s is damaged or truncated: %d frames read, %d of them incomplete (frame %s, kept as FFmpeg concealed them)",
+            info.path, count, len(damaged), where,
+        )
+    if video.frames and count < video.frames:
+        log.warning("input %s ended early: %d frames read, the header announced %d (truncated file?)", info.path, count, video.frames)
+
+
+def _decode(packet: av.Packet, count: int) -> Iterator[av.VideoFrame]:
+    try:
+        yield from packet.decode()
+    except av.error.InvalidDataError as err:
+        # One bad packet mid-stream: FFmpeg conceals what it can on the next ones.
+        log.warning("frame data after decoded frame %d is corrupt (%s); skipped by the decoder", count, _ffmpeg_reason(err))
+
+
+def _to_frame(frame: av.VideoFrame, index: int, info: VideoInfo) -> Frame:
+    if (frame.width, frame.height) != (info.width, info.height):
+        raise InputError(
+            f"input {info.path}: the frame size changes from {info.width}x{info.height} to "
+            f"{frame.width}x{frame.height} at frame {index}; split the file where the size changes"
+        )
+    pix_fmt, planes = frame_planes(frame)
+    time_base = Fraction(frame.time_base) if frame.time_base else info.time_base
+    return Frame(index=index, planes=planes, pix_fmt=pix_fmt, pts=frame.pts, time_base=time_base, width=frame.width, height=frame.height)

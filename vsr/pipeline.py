@@ -1,0 +1,362 @@
+"""``vsr run`` on a video: decode -> colour -> tiles -> engine -> colour -> encode + mux.
+
+Three stages run at once, joined by bounded channels so memory stays flat however long the video:
+
+* the decode thread demuxes the input once, decoding video frames and passing the packets of the
+  copied streams along in file order;
+* the calling thread batches frames, converts them to RGB on the engine's device, upscales them
+  and converts back to the output's planes (torch releases the GIL while it computes);
+* the encode thread encodes frames with their input timestamps and muxes the copied packets.
+
+PyAV releases the GIL while it decodes, encodes and muxes, so the two I/O threads run beside the
+network. The run ends with the check that every decoded frame was encoded; the output file is
+published (renamed from ``<output>.partial``) only after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import color
+from .errors import UsageError, VsrError
+from .frame import Frame, VideoInfo
+from .media.decode import CopiedPacket, iter_media, open_input
+from .media.encode import CONTAINERS, EncodeSettings, Muxer, container_format, plan_encoder, planar_source
+from .paths import check_output, publish
+from .upscale import Upscaler, resample
+
+log = logging.getLogger(__name__)
+
+# Frames held between stages; with --batch N the compute stage holds N more.
+QUEUE_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One ``vsr run`` on a video file."""
+
+    source: Path
+    target: Path
+    settings: EncodeSettings = EncodeSettings()
+    outscale: float | None = None
+    hwaccel: str | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the summary line reports."""
+
+    frames: int
+    seconds: float
+    output: Path
+    output_bytes: int
+    info: VideoInfo
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class _Stopped(Exception):
+    """Raised inside a stage when another stage failed or the run was interrupted."""
+
+
+class Channel:
+    """A FIFO between two threads, bounded by the total weight of what it holds.
+
+    Frames weigh 1 and copied packets 0, so a burst of audio packets never blocks but the number
+    of decoded frames in flight is capped. ``stop`` (shared by all channels of a run) wakes every
+    waiting thread with :class:`_Stopped`.
+    """
+
+    _END = object()
+
+    def __init__(self, capacity: int, stop: threading.Event):
+        self.capacity = capacity
+        self.stop = stop
+        self._items: deque = deque()
+        self._weight = 0
+        self._cond = threading.Condition()
+
+    def put(self, item, weight: int = 1) -> None:
+        with self._cond:
+            while weight and self._weight + weight > self.capacity:
+                if self.stop.is_set():
+                    raise _Stopped
+                self._cond.wait(0.1)
+            if self.stop.is_set():
+                raise _Stopped
+            self._items.append((item, weight))
+            self._weight += weight
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Mark the end of the stream (the reader gets :data:`END` after the last item)."""
+        self.put(self._END, 0)
+
+    def get(self):
+        with self._cond:
+            while not self._items:
+                if self.stop.is_set():
+                    raise _Stopped
+                self._cond.wait(0.1)
+            item, weight = self._items.popleft()
+            self._weight -= weight
+            self._cond.notify_all()
+            return item
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    @classmethod
+    def is_end(cls, item) -> bool:
+        return item is cls._END
+
+
+class _Stage(threading.Thread):
+    """A pipeline thread that records its exception and stops the whole run when it fails."""
+
+    def __init__(self, name: str, target: Callable[[], None], stop: threading.Event, wake: Callable[[], None]):
+        super().__init__(name=f"vsr-{name}", daemon=True)
+        self._target_fn = target
+        self._stop_event = stop
+        self._wake = wake
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except _Stopped:
+            pass
+        except BaseException as err:  # handed to the calling thread, which re-raises it
+            self.error = err
+            self._stop_event.set()
+            self._wake()
+
+
+# --------------------------------------------------------------------------- colour dispatch
+
+
+def planes_to_rgb(frames: list[Frame], colour: color.Colour, device: torch.device) -> torch.Tensor:
+    """Decoded planes of a batch of frames (one pixel format) -> float32 RGB ``(N, 3, H, W)`` on
+    ``device``, with the source's matrix and range."""
+    from .kernels.convert import to_float
+    from .kernels.yuv import yuv_to_rgb
+
+    lay = color.layout(frames[0].pix_fmt)
+    planes = [_stack([f.planes[i] for f in frames], lay.bits, device) for i in range(len(frames[0].planes))]
+    if lay.family == "rgb":  # gbrp: planes are G, B, R
+        g, b, r = planes
+        return to_float(torch.stack([r, g, b], dim=1), lay.bits)
+    if lay.family == "gray":  # luma with neutral chroma: the matrix drops out, the range stays
+        neutral = torch.full_like(planes[0], 1 << (lay.bits - 1))
+        planes = [planes[0], neutral, neutral]
+    kr, kb = color.MATRICES[colour.matrix]
+    return yuv_to_rgb(*planes, kr=kr, kb=kb, bits=lay.bits, full_range=colour.full_range)
+
+
+def rgb_to_planes(rgb: torch.Tensor, planar_fmt: str, colour: color.Colour) -> list[list[np.ndarray]]:
+    """Float RGB ``(N, 3, H, W)`` -> per frame, the planes of ``planar_fmt`` as host numpy arrays."""
+    from .kernels.convert import quantize
+    from .kernels.yuv import rgb_to_yuv
+
+    if planar_fmt in ("rgb24", "rgb48le"):
+        bits = 8 if planar_fmt == "rgb24" else 16
+        codes = quantize(rgb.permute(0, 2, 3, 1), bits).cpu().numpy()
+        return [[c.astype(np.uint16) if bits == 16 else c] for c in codes]
+    lay = color.layout(planar_fmt)
+    kr, kb = color.MATRICES[colour.matrix]
+    y, u, v = rgb_to_yuv(rgb, kr=kr, kb=kb, bits=lay.bits, full_range=colour.full_range, chroma=lay.chroma)
+    dtype = np.uint8 if lay.bits <= 8 else np.uint16
+    host = [p.cpu().numpy().astype(dtype, copy=False) for p in ((y,) if lay.family == "gray" else (y, u, v))]
+    return [[p[i] for p in host] for i in range(rgb.shape[0])]
+
+
+def _stack(planes: list[np.ndarray], bits: int, device: torch.device) -> torch.Tensor:
+    data = np.stack(planes)
+    if data.dtype == np.uint16:
+        # torch's uint16 has few ops; 9-15 bit codes fit int16 without a copy, 16-bit needs int32.
+        data = data.view(np.int16) if bits < 16 else data.astype(np.int32)
+    tensor = torch.from_numpy(data)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def output_size(info: VideoInfo, scale: int, outscale: float | None, planar_fmt: str) -> tuple[int, int]:
+    """Output width and height: ``scale`` x, or ``--outscale`` x rounded, kept even where the
+    output's chroma is subsampled (4:2:0 encoders refuse odd sizes)."""
+    if outscale is None:
+        width, height = info.width * scale, info.height * scale
+    else:
+        width, height = max(1, round(info.width * outscale)), max(1, round(info.height * outscale))
+    lay = color.layout(planar_fmt)
+    if lay is not None and lay.family == "yuv":
+        sub_y, sub_x = lay.chroma
+        width += width % sub_x
+        height += height % sub_y
+    return width, height
+
+
+def check_job(job: VideoJob) -> str:
+    """Refuse a bad output before any file is opened; returns the output's container format."""
+    fmt = container_format(job.target)
+    if fmt is None:
+        raise UsageError(f"output {job.target} is not a video container vsr writes; use one of {', '.join(sorted(CONTAINERS))}")
+    check_output(job.target, overwrite=job.overwrite, inputs=(job.source,))
+    return fmt
+
+
+def run_video(
+    job: VideoJob,
+    upscaler: Upscaler,
+    *,
+    on_start: Callable[[VideoInfo], None] | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Upscale ``job.source`` into ``job.target``. ``on_frame(frames_written)`` is called from the
+    encode thread after every frame (progress); ``on_start(info)`` once the input is open."""
+    fmt = check_job(job)
+    started = time.perf_counter()
+    source, info = open_input(job.source, hwaccel=job.hwaccel)
+    try:
+        log.info("input %s: %s", job.source, info.describe())
+        if on_start is not None:
+            on_start(info)
+        with publish(job.target, overwrite=job.overwrite) as partial:
+            frames = _run(job, fmt, source, info, upscaler, partial, on_frame)
+    finally:
+        source.close()
+    seconds = time.perf_counter() - started
+    return RunResult(frames=frames, seconds=seconds, output=job.target, output_bytes=job.target.stat().st_size, info=info)
+
+
+def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, partial: Path, on_frame) -> int:
+    codec, pix_fmt = plan_encoder(fmt, info, job.settings)
+    width, height = output_size(info, upscaler.scale, job.outscale, planar_source(pix_fmt)[0])
+    out_colour = color.for_output(info.colour, pix_fmt, width=width, height=height)
+    muxer = Muxer(
+        partial, fmt=fmt, info=info, source=source, width=width, height=height, settings=job.settings,
+        codec=codec, pix_fmt=pix_fmt, colour=out_colour,
+    )
+    stop = threading.Event()
+    batch = upscaler.batch
+    decoded = Channel(QUEUE_FRAMES + batch, stop)
+    computed = Channel(QUEUE_FRAMES + batch, stop)
+    counts = {"decoded": 0}
+
+    def decode() -> None:
+        for item in iter_media(source, info, copy_streams=muxer.copied_indices):
+            if isinstance(item, CopiedPacket):
+                decoded.put(item, 0)
+            else:
+                counts["decoded"] += 1
+                decoded.put(item, 1)
+        decoded.close()
+
+    def encode() -> None:
+        while True:
+            item = computed.get()
+            if Channel.is_end(item):
+                return
+            if isinstance(item, CopiedPacket):
+                muxer.write_packet(item)
+                continue
+            planes, pts, time_base = item
+            muxer.write_frame(planes, pts, time_base)
+            if on_frame is not None:
+                on_frame(muxer.stats.frames)
+
+    def wake() -> None:
+        decoded.wake()
+        computed.wake()
+
+    stages = [_Stage("decode", decode, stop, wake), _Stage("encode", encode, stop, wake)]
+    for stage in stages:
+        stage.start()
+    try:
+        _compute(decoded, computed, upscaler, info, out_colour, muxer.planar_fmt, (height, width), job.outscale is not None)
+        computed.close()
+        stages[1].join()
+        _raise_stage_errors(stages)
+        stats = muxer.finish()
+    except BaseException as err:
+        stop.set()
+        wake()
+        for stage in stages:
+            stage.join(timeout=30)
+        muxer.abort()
+        if isinstance(err, _Stopped):
+            _raise_stage_errors(stages)
+        raise
+    stages[0].join()
+    _raise_stage_errors(stages)
+    if stats.frames != counts["decoded"] or stats.video_packets != stats.frames:
+        raise VsrError(
+            f"frame count mismatch: {counts['decoded']} decoded, {stats.frames} encoded, {stats.video_packets} video packets written; "
+            f"the output was not published (please report this)"
+        )
+    return stats.frames
+
+
+def _raise_stage_errors(stages: list[_Stage]) -> None:
+    for stage in stages:
+        if stage.error is not None:
+            raise stage.error
+
+
+def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: VideoInfo, colour, planar_fmt: str, size: tuple[int, int], resize: bool) -> None:
+    """The calling thread's loop: batches of ``upscaler.batch`` frames through the network."""
+    device = upscaler.engine.device
+
+    def flush(group: list[Frame]) -> None:
+        out = upscaler(planes_to_rgb(group, info.colour, device))
+        out = _fit(out, size, resize)
+        for frame, planes in zip(group, rgb_to_planes(out, planar_fmt, colour), strict=True):
+            computed.put((planes, frame.pts, frame.time_base), 1)
+
+    pending: list[Frame] = []
+    while True:
+        item = decoded.get()
+        if isinstance(item, CopiedPacket):
+            computed.put(item, 0)
+            continue
+        if Channel.is_end(item):
+            if pending:
+                flush(pending)
+            return
+        if pending and item.pix_fmt != pending[0].pix_fmt:
+            # Some streams switch pixel format mid-file; a batch holds one format.
+            flush(pending)
+            pending = []
+        pending.append(item)
+        if len(pending) == upscaler.batch:
+            flush(pending)
+            pending = []
+
+
+def _fit(out: torch.Tensor, size: tuple[int, int], resize: bool) -> torch.Tensor:
+    """``--outscale`` resamples; otherwise a size made even for 4:2:0 gains a replicated edge row/column."""
+    if resize:
+        return resample(out, *size)
+    pad_h, pad_w = size[0] - out.shape[-2], size[1] - out.shape[-1]
+    if pad_h or pad_w:
+        out = torch.nn.functional.pad(out, (0, pad_w, 0, pad_h), mode="replicate")
+    return out

@@ -33,7 +33,7 @@ def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
 
     container, info = open_input(clip)
     try:
-        return [planes_to_rgb([f], info.colour, device) for f in iter_media(container, info, copy_streams={}) if not isinstance(f, CopiedPacket)]
+        return [planes_to_rgb([f], device) for f in iter_media(container, info, copy_streams={}) if not isinstance(f, CopiedPacket)]
     finally:
         container.close()
 

@@ -21,11 +21,15 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m vsr env | tee "$OUT/env.txt"
 
-VSR_REQUIRE_CUDA=1 python3 -m pytest -q tests/test_gpu.py tests/test_tiling.py tests/test_kernels.py 2>&1 | tee "$OUT/gpu-tests.txt" | tail -15
+VSR_REQUIRE_CUDA=1 python3 -m pytest -q tests/test_gpu.py tests/test_tiling.py tests/test_kernels.py tests/test_color.py 2>&1 | tee "$OUT/gpu-tests.txt" | tail -15
 
 for precision in fp32 fp16 bf16; do
   python3 scripts/bench_models.py --device cuda --precision "$precision" --size 270x480 --size 540x960 --repeat 10 \
     2>&1 | tee "$OUT/bench-$precision.txt"
+done
+for precision in fp16 bf16; do
+  python3 scripts/bench_video.py --device cuda --precision "$precision" --model realesr-animevideov3 --batch 8 \
+    2>&1 | tee "$OUT/bench-video-$precision.txt"
 done
 echo "== summary =="
 tail -n 1 "$OUT/gpu-tests.txt"

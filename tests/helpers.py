@@ -132,3 +132,24 @@ def wrap(sd: dict, how: str) -> dict:
     if how == "state_dict":
         return {"state_dict": sd, "epoch": 12, "optimizer": {"lr": torch.tensor(1e-4)}}
     return {how: sd}
+
+
+class LimitedMemoryEngine:
+    """Wraps a real engine and raises torch's OutOfMemoryError above a pixel budget per call.
+
+    A CPU cannot be made to run out of memory safely in a test; this stands in for the device limit
+    so the fallback logic (not torch) is what is tested.
+    """
+
+    def __init__(self, engine, max_pixels: int):
+        self.inner, self.max_pixels, self.calls = engine, max_pixels, []
+        self.spec, self.device, self.dtype = engine.spec, engine.device, engine.dtype
+
+    def __call__(self, x):
+        self.calls.append(tuple(x.shape))
+        if x.shape[0] * x.shape[-1] * x.shape[-2] > self.max_pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory (test budget)")
+        return self.inner(x)
+
+    def close(self):
+        self.inner.close()

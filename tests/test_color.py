@@ -303,8 +303,8 @@ def test_resolve_range_rules():
 
 def test_for_output_keeps_the_source_colour():
     src = color.resolve(2, 0, 2, 2, pix_fmt="yuv420p", width=720, height=480)
-    assert color.for_output(src, "yuv420p", width=2880, height=1920) == src  # SD upscaled stays BT.601
-    j = color.for_output(src, "yuvj420p", width=2880, height=1920)
+    assert color.for_output(src, "yuv420p") == src  # SD upscaled stays BT.601
+    j = color.for_output(src, "yuvj420p")
     assert (j.full_range, j.color_range, j.matrix) == (True, 2, "bt601")
 
 

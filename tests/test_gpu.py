@@ -45,3 +45,28 @@ def test_cli_on_cuda(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     out = read_image(tmp_path / "o.png")
     assert out.shape == (192, 256, 3) and out.dtype == np.uint8
+
+
+def test_yuv_kernels_on_cuda_match_the_cpu():
+    from vsr.kernels.yuv import rgb_to_yuv, yuv_to_rgb
+
+    rgb = _photo_tensor()
+    for bits, chroma in ((8, (2, 2)), (10, (2, 2)), (10, (1, 1))):
+        planes = rgb_to_yuv(rgb, kr=0.2126, kb=0.0722, bits=bits, full_range=False, chroma=chroma)
+        cpu = yuv_to_rgb(*planes, kr=0.2126, kb=0.0722, bits=bits, full_range=False)
+        gpu = yuv_to_rgb(*(p.cuda() for p in planes), kr=0.2126, kb=0.0722, bits=bits, full_range=False)
+        assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
+        back = rgb_to_yuv(gpu, kr=0.2126, kb=0.0722, bits=bits, full_range=False, chroma=chroma)
+        assert all((b.cpu().long() - p.long()).abs().max() <= 1 for b, p in zip(back, planes))
+
+
+@pytest.mark.parametrize("hwaccel", [False, True])
+def test_video_on_cuda(tmp_path, capsys, hwaccel):
+    import media
+
+    src = media.h264_aac_mp4(tmp_path)
+    argv = ["run", str(src), str(tmp_path / "o.mp4"), "--device", "cuda", "--fp16", "--model", "realesr-animevideov3", "--progress", "none"]
+    code = main(argv + (["--hwaccel", "cuda"] if hwaccel else []))
+    assert code == 0, capsys.readouterr().err
+    assert len(media.decode_frames(tmp_path / "o.mp4")) == 8
+    assert [p[2] for p in media.packets(tmp_path / "o.mp4")] == [p[2] for p in media.packets(src)]

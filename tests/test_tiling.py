@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import crop, psnr, tiny_rrdb
+from helpers import LimitedMemoryEngine, crop, psnr, tiny_rrdb
 from vsr import tiling
 from vsr.engines import TorchEngine
 from vsr.errors import TransientError
@@ -112,27 +112,6 @@ def test_tiled_matches_whole_image_with_the_default_model(x4plus):
     # No visible seams: the worst 8-pixel band around the tile borders is still close.
     seam = (tiled.float() - whole.float()).abs()[..., 4 * 48 - 16 : 4 * 48 + 16, :].mean().item()
     assert seam < 1.0
-
-
-class LimitedMemoryEngine:
-    """Wraps a real engine and raises torch's OutOfMemoryError above a pixel budget per call.
-
-    A CPU cannot be made to run out of memory safely in a test; this stands in for the device limit
-    so the fallback logic (not torch) is what is tested.
-    """
-
-    def __init__(self, engine: TorchEngine, max_pixels: int):
-        self.inner, self.max_pixels, self.calls = engine, max_pixels, []
-        self.spec, self.device, self.dtype = engine.spec, engine.device, engine.dtype
-
-    def __call__(self, x):
-        self.calls.append(tuple(x.shape))
-        if x.shape[0] * x.shape[-1] * x.shape[-2] > self.max_pixels:
-            raise torch.OutOfMemoryError("CUDA out of memory (test budget)")
-        return self.inner(x)
-
-    def close(self):
-        self.inner.close()
 
 
 def test_out_of_memory_retries_with_smaller_tiles(caplog):

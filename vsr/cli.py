@@ -6,11 +6,14 @@ This is the only module that prints. ``main(argv) -> int`` so tests run it in-pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -331,6 +334,24 @@ def _report(err: BaseException) -> None:
     print(f"vsr: error: {err}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (schedulers pre-empting a job, `kill`) stops a run like Ctrl-C: partial output
+    removed, exit 130. Only the main thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (DESIGN.md section 7)."""
     try:
@@ -340,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         _setup_logging(args)
-        return args.handler(args)
+        with _sigterm_interrupts():
+            return args.handler(args)
     except VsrError as err:
         _report(err)
         return err.exit_code

@@ -160,14 +160,13 @@ def resolve(
     )
 
 
-def for_output(colour: Colour, pix_fmt: str, *, width: int, height: int) -> Colour:
+def for_output(colour: Colour, pix_fmt: str) -> Colour:
     """The output's :class:`Colour`: the source's matrix and range (DESIGN.md section 5: convert back
     the way it came in), except that a ``yuvj*`` output format is full range by definition.
 
-    ``width``/``height`` (the output size) do not change the matrix: an SD source upscaled to HD
-    keeps BT.601, and the output tag says so.
+    The output size does not change the matrix: an SD source upscaled to HD keeps BT.601, and the
+    output tag says so.
     """
-    del width, height  # the matrix follows the source, not the output size
     if pix_fmt.startswith("yuvj") and not colour.full_range:
         return replace(colour, full_range=True, color_range=RANGE_JPEG)
     return colour

@@ -63,6 +63,6 @@ class ConfigError(VsrError):
 
 
 class Interrupted(VsrError):
-    """The user pressed Ctrl-C (SIGINT)."""
+    """The user pressed Ctrl-C (SIGINT), or the job was terminated (SIGTERM)."""
 
     exit_code = 130

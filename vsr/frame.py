@@ -65,6 +65,7 @@ class Frame:
     ``planes`` are 2-D numpy arrays in the layout of ``pix_fmt`` (Y, U, V for planar YUV; G, B, R
     for ``gbrp``; one plane for gray), uint8 for 8-bit formats and uint16 above. ``pts`` is in
     ``time_base`` units, straight from the decoder (None only when the stream has no timestamps).
+    ``colour`` is what the frame's own tags say, the stream's where the frame is untagged.
     """
 
     index: int
@@ -74,6 +75,7 @@ class Frame:
     time_base: Fraction
     width: int
     height: int
+    colour: Colour
 
     @property
     def time(self) -> float | None:

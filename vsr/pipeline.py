@@ -151,9 +151,10 @@ class _Stage(threading.Thread):
 # --------------------------------------------------------------------------- colour dispatch
 
 
-def planes_to_rgb(frames: list[Frame], colour: color.Colour, device: torch.device) -> torch.Tensor:
-    """Decoded planes of a batch of frames (one pixel format) -> float32 RGB ``(N, 3, H, W)`` on
-    ``device``, with the source's matrix and range."""
+def planes_to_rgb(frames: list[Frame], device: torch.device) -> torch.Tensor:
+    """Decoded planes of a batch of frames (one pixel format and colour) -> float32 RGB
+    ``(N, 3, H, W)`` on ``device``, with the matrix and range the frames declare."""
+    colour = frames[0].colour
     from .kernels.convert import to_float
     from .kernels.yuv import yuv_to_rgb
 
@@ -251,7 +252,7 @@ def run_video(
 def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, partial: Path, on_frame) -> int:
     codec, pix_fmt = plan_encoder(fmt, info, job.settings)
     width, height = output_size(info, upscaler.scale, job.outscale, planar_source(pix_fmt)[0])
-    out_colour = color.for_output(info.colour, pix_fmt, width=width, height=height)
+    out_colour = color.for_output(info.colour, pix_fmt)
     muxer = Muxer(
         partial, fmt=fmt, info=info, source=source, width=width, height=height, settings=job.settings,
         codec=codec, pix_fmt=pix_fmt, colour=out_colour,
@@ -327,7 +328,7 @@ def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: Vide
     device = upscaler.engine.device
 
     def flush(group: list[Frame]) -> None:
-        out = upscaler(planes_to_rgb(group, info.colour, device))
+        out = upscaler(planes_to_rgb(group, device))
         out = _fit(out, size, resize)
         for frame, planes in zip(group, rgb_to_planes(out, planar_fmt, colour), strict=True):
             computed.put((planes, frame.pts, frame.time_base), 1)
@@ -342,8 +343,8 @@ def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: Vide
             if pending:
                 flush(pending)
             return
-        if pending and item.pix_fmt != pending[0].pix_fmt:
-            # Some streams switch pixel format mid-file; a batch holds one format.
+        if pending and (item.pix_fmt, item.colour) != (pending[0].pix_fmt, pending[0].colour):
+            # Some streams switch pixel format or colour tags mid-file; a batch holds one of each.
             flush(pending)
             pending = []
         pending.append(item)

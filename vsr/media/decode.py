@@ -8,8 +8,9 @@ that ends early (truncated) is decoded up to where it can be, with a warning.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,7 +33,7 @@ class CopiedPacket:
     """A packet of a non-video stream, to be muxed as it is (remux, no re-encode)."""
 
     packet: av.Packet
-    stream_index: int
+    source_index: int  # the stream's index in the input
 
 
 def _stream_kind(stream: av.stream.Stream) -> str:
@@ -117,7 +118,7 @@ def _describe(container: av.container.InputContainer, path: Path) -> VideoInfo:
         raise InputError(f"input {path}: video stream #{v.index} has no frame size or pixel format (damaged header?)")
     pix_fmt = cc.format.name
     colour = color.resolve(
-        int(cc.colorspace or 2), int(cc.color_range or 0), int(cc.color_primaries or 2), int(cc.color_trc or 2),
+        int(cc.colorspace), int(cc.color_range), int(cc.color_primaries), int(cc.color_trc),
         pix_fmt=pix_fmt, width=cc.width, height=cc.height,
     )
     rate = v.average_rate or v.guessed_rate or None
@@ -176,24 +177,26 @@ def iter_media(
     container: av.container.InputContainer,
     info: VideoInfo,
     *,
-    copy_streams: dict[int, int],
+    copy_streams: Collection[int],
 ) -> Iterator[Frame | CopiedPacket]:
     """Demux the file once, in order: decoded frames of the video stream as :class:`Frame`, and the
-    packets of the streams in ``copy_streams`` (input index -> output index) as :class:`CopiedPacket`.
+    packets of the streams in ``copy_streams`` (input indices) as :class:`CopiedPacket`.
 
     Decoding errors after the first frame end the stream with a warning instead of failing the job
     (a truncated or damaged tail); the caller sees fewer frames and the warning says how many.
     """
     video = container.streams[info.stream_index]
     video.thread_type = "AUTO"
-    wanted = [video] + [container.streams[i] for i in copy_streams]
+    # Attachments have no packets: their data travels with the stream header (see encode.py).
+    copied = [container.streams[i] for i in copy_streams if container.streams[i].type != "attachment"]
     count = 0
     damaged: list[int] = []
     try:
-        for packet in container.demux(wanted):
-            if packet.stream_index != info.stream_index:
+        for packet in container.demux([video, *copied]):
+            stream = packet.stream
+            if stream.index != info.stream_index:
                 if packet.size:  # empty packets are demuxer flush markers, not data
-                    yield CopiedPacket(packet, copy_streams[packet.stream_index])
+                    yield CopiedPacket(packet, stream.index)
                 continue
             for frame in _decode(packet, count):
                 if frame.is_corrupt:
@@ -236,4 +239,22 @@ def _to_frame(frame: av.VideoFrame, index: int, info: VideoInfo) -> Frame:
         )
     pix_fmt, planes = frame_planes(frame)
     time_base = Fraction(frame.time_base) if frame.time_base else info.time_base
-    return Frame(index=index, planes=planes, pix_fmt=pix_fmt, pts=frame.pts, time_base=time_base, width=frame.width, height=frame.height)
+    return Frame(
+        index=index, planes=planes, pix_fmt=pix_fmt, pts=frame.pts, time_base=time_base,
+        width=frame.width, height=frame.height, colour=_frame_colour(frame, pix_fmt, info),
+    )
+
+
+def _frame_colour(frame: av.VideoFrame, pix_fmt: str, info: VideoInfo) -> color.Colour:
+    """The frame's own colour tags win (a bitstream can say more than the container); untagged
+    frames take the stream's."""
+    tags = (int(frame.colorspace), int(frame.color_range), int(frame.color_primaries), int(frame.color_trc))
+    if tags[0] == color.SPC_UNSPECIFIED and tags[1] == color.RANGE_UNSPECIFIED:
+        return info.colour
+    return _resolve(tags, pix_fmt, info.width, info.height)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(tags: tuple[int, int, int, int], pix_fmt: str, width: int, height: int) -> color.Colour:
+    # Cached: one resolution (and at most one warning) per distinct set of tags, not per frame.
+    return color.resolve(*tags, pix_fmt=pix_fmt, width=width, height=height)

@@ -216,9 +216,9 @@ class Muxer:
         )
 
     @property
-    def copied_indices(self) -> dict[int, int]:
-        """Input stream index -> output stream index of every copied stream."""
-        return {i: s.index for i, s in self.copy_map.items()}
+    def copied_indices(self) -> list[int]:
+        """Input indices of the copied streams (what the decoder should pass along)."""
+        return list(self.copy_map)
 
     # ------------------------------------------------------------------ writing
 
@@ -233,7 +233,7 @@ class Muxer:
 
     def write_packet(self, item: CopiedPacket) -> None:
         """Mux a packet of a copied stream unchanged (its timestamps are rescaled by the muxer)."""
-        stream = self.copy_map.get(item.packet.stream_index)
+        stream = self.copy_map.get(item.source_index)
         if stream is None:
             return
         item.packet.stream = stream

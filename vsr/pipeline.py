@@ -151,15 +151,55 @@ class _Stage(threading.Thread):
 # --------------------------------------------------------------------------- colour dispatch
 
 
-def planes_to_rgb(frames: list[Frame], device: torch.device) -> torch.Tensor:
+class Transfer:
+    """Host <-> device copies of the compute stage.
+
+    On CUDA the copies run on their own stream, from and to pinned host memory, so uploading the
+    next batch and downloading the last one overlap the network on the compute stream; a download
+    hands back an event the encode thread waits on, so the compute thread never blocks on it.
+    On the CPU both directions are plain (zero-copy where possible).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def upload(self, host: torch.Tensor) -> torch.Tensor:
+        if self.stream is None:
+            return host.to(self.device)
+        host = host.pin_memory()
+        with torch.cuda.stream(self.stream):
+            dev = host.to(self.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self.stream)
+        dev.record_stream(compute)  # the allocator must not reuse it while the compute stream reads
+        return dev
+
+    def download(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], None] | None]:
+        """Start copying ``tensors`` to the host; returns the host tensors and a wait function
+        (None when they are ready already)."""
+        if self.stream is None:
+            return [t.cpu() for t in tensors], None
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
+            for t in tensors:
+                t.record_stream(self.stream)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return host, done.synchronize
+
+
+def planes_to_rgb(frames: list[Frame], device: torch.device, transfer: Transfer | None = None) -> torch.Tensor:
     """Decoded planes of a batch of frames (one pixel format and colour) -> float32 RGB
     ``(N, 3, H, W)`` on ``device``, with the matrix and range the frames declare."""
-    colour = frames[0].colour
     from .kernels.convert import to_float
     from .kernels.yuv import yuv_to_rgb
 
+    transfer = transfer or Transfer(device)
+    colour = frames[0].colour
     lay = color.layout(frames[0].pix_fmt)
-    planes = [_stack([f.planes[i] for f in frames], lay.bits, device) for i in range(len(frames[0].planes))]
+    planes = [transfer.upload(_stack([f.planes[i] for f in frames], lay.bits)) for i in range(len(frames[0].planes))]
     if lay.family == "rgb":  # gbrp: planes are G, B, R
         g, b, r = planes
         return to_float(torch.stack([r, g, b], dim=1), lay.bits)
@@ -170,32 +210,41 @@ def planes_to_rgb(frames: list[Frame], device: torch.device) -> torch.Tensor:
     return yuv_to_rgb(*planes, kr=kr, kb=kb, bits=lay.bits, full_range=colour.full_range)
 
 
-def rgb_to_planes(rgb: torch.Tensor, planar_fmt: str, colour: color.Colour) -> list[list[np.ndarray]]:
-    """Float RGB ``(N, 3, H, W)`` -> per frame, the planes of ``planar_fmt`` as host numpy arrays."""
+def rgb_to_planes(rgb: torch.Tensor, planar_fmt: str, colour: color.Colour) -> list[torch.Tensor]:
+    """Float RGB ``(N, 3, H, W)`` -> the planes of ``planar_fmt``, batched, on the same device:
+    ``(N, h, w)`` per plane (uint8, or int16 holding uint16 bits), or one ``(N, H, W, 3)`` for
+    rgb24/rgb48le."""
     from .kernels.convert import quantize
     from .kernels.yuv import rgb_to_yuv
 
     if planar_fmt in ("rgb24", "rgb48le"):
         bits = 8 if planar_fmt == "rgb24" else 16
-        codes = quantize(rgb.permute(0, 2, 3, 1), bits).cpu().numpy()
-        return [[c.astype(np.uint16) if bits == 16 else c] for c in codes]
+        return [_narrow(quantize(rgb.permute(0, 2, 3, 1), bits), bits)]
     lay = color.layout(planar_fmt)
     kr, kb = color.MATRICES[colour.matrix]
     y, u, v = rgb_to_yuv(rgb, kr=kr, kb=kb, bits=lay.bits, full_range=colour.full_range, chroma=lay.chroma)
-    dtype = np.uint8 if lay.bits <= 8 else np.uint16
-    host = [p.cpu().numpy().astype(dtype, copy=False) for p in ((y,) if lay.family == "gray" else (y, u, v))]
-    return [[p[i] for p in host] for i in range(rgb.shape[0])]
+    return [_narrow(p, lay.bits) for p in ((y,) if lay.family == "gray" else (y, u, v))]
 
 
-def _stack(planes: list[np.ndarray], bits: int, device: torch.device) -> torch.Tensor:
+def host_frames(planes: list[torch.Tensor]) -> list[list[np.ndarray]]:
+    """Batched host planes from :func:`rgb_to_planes` -> per frame, numpy planes for the encoder."""
+    arrays = [p.numpy() for p in planes]
+    arrays = [a.view(np.uint16) if a.dtype == np.int16 else a for a in arrays]
+    return [[a[i] for a in arrays] for i in range(arrays[0].shape[0])]
+
+
+def _narrow(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    # Codes above 8 bits travel as int16 (the same 16 bits as uint16, which torch can barely
+    # handle): half the bytes of int32 to copy off the device.
+    return codes if bits <= 8 else codes.to(torch.int16)
+
+
+def _stack(planes: list[np.ndarray], bits: int) -> torch.Tensor:
     data = np.stack(planes)
     if data.dtype == np.uint16:
         # torch's uint16 has few ops; 9-15 bit codes fit int16 without a copy, 16-bit needs int32.
         data = data.view(np.int16) if bits < 16 else data.astype(np.int32)
-    tensor = torch.from_numpy(data)
-    if device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    return torch.from_numpy(data)
 
 
 # --------------------------------------------------------------------------- the run
@@ -280,10 +329,13 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
             if isinstance(item, CopiedPacket):
                 muxer.write_packet(item)
                 continue
-            planes, pts, time_base = item
-            muxer.write_frame(planes, pts, time_base)
-            if on_frame is not None:
-                on_frame(muxer.stats.frames)
+            host, ready, stamps = item
+            if ready is not None:
+                ready()  # the device-to-host copy of this batch
+            for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
+                muxer.write_frame(planes, pts, time_base)
+                if on_frame is not None:
+                    on_frame(muxer.stats.frames)
 
     def wake() -> None:
         decoded.wake()
@@ -326,12 +378,12 @@ def _raise_stage_errors(stages: list[_Stage]) -> None:
 def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: VideoInfo, colour, planar_fmt: str, size: tuple[int, int], resize: bool) -> None:
     """The calling thread's loop: batches of ``upscaler.batch`` frames through the network."""
     device = upscaler.engine.device
+    transfer = Transfer(device)
 
     def flush(group: list[Frame]) -> None:
-        out = upscaler(planes_to_rgb(group, device))
-        out = _fit(out, size, resize)
-        for frame, planes in zip(group, rgb_to_planes(out, planar_fmt, colour), strict=True):
-            computed.put((planes, frame.pts, frame.time_base), 1)
+        out = _fit(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
+        host, ready = transfer.download(rgb_to_planes(out, planar_fmt, colour))
+        computed.put((host, ready, [(f.pts, f.time_base) for f in group]), len(group))
 
     pending: list[Frame] = []
     while True:

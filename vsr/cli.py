@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--no-audio", action="store_true", help="leave the audio streams out (default: copied packet for packet)")
     video.add_argument("--no-subtitles", action="store_true", help="leave the subtitle streams out (default: copied packet for packet)")
     video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
+    video.add_argument("--decoder", choices=("pyav", "dali"), default=None, help="pyav (default, FFmpeg) or dali (NVIDIA DALI: NVDEC on GPU; VP8/VP9/MJPEG on CPU)")
     run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     run.set_defaults(handler=cmd_run)
 
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-VIDEO_FLAGS = ("codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel")
+VIDEO_FLAGS = ("codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -225,7 +226,12 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
         codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, options=tuple(args.encoder_opt),
         audio=not args.no_audio, subtitles=not args.no_subtitles,
     )
-    job = VideoJob(args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel, overwrite=args.overwrite)
+    if args.decoder == "dali" and args.hwaccel:
+        raise UsageError("--decoder dali decodes on the GPU by itself; leave out --hwaccel")
+    job = VideoJob(
+        args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel,
+        decoder=args.decoder or "pyav", overwrite=args.overwrite,
+    )
     if not args.input.exists():
         from .errors import InputMissing
 

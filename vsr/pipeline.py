@@ -29,6 +29,7 @@ import torch
 from . import color
 from .errors import UsageError, VsrError
 from .frame import Frame, VideoInfo
+from .media import dali_decode
 from .media.decode import CopiedPacket, iter_media, open_input
 from .media.encode import CONTAINERS, EncodeSettings, Muxer, container_format, plan_encoder, planar_source
 from .paths import check_output, publish
@@ -49,6 +50,7 @@ class VideoJob:
     settings: EncodeSettings = EncodeSettings()
     outscale: float | None = None
     hwaccel: str | None = None
+    decoder: str = "pyav"  # or "dali"
     overwrite: bool = False
 
 
@@ -197,6 +199,8 @@ def planes_to_rgb(frames: list[Frame], device: torch.device, transfer: Transfer 
     from .kernels.yuv import yuv_to_rgb
 
     transfer = transfer or Transfer(device)
+    if frames[0].pix_fmt in dali_decode.PIX_FMTS:  # DALI: packed RGB (host or CUDA), BT.601-coded
+        return dali_decode.frames_to_rgb(frames, device, upload=transfer.upload)
     colour = frames[0].colour
     lay = color.layout(frames[0].pix_fmt)
     planes = [transfer.upload(_stack([f.planes[i] for f in frames], lay.bits)) for i in range(len(frames[0].planes))]
@@ -288,6 +292,9 @@ def run_video(
     source, info = open_input(job.source, hwaccel=job.hwaccel)
     try:
         log.info("input %s: %s", job.source, info.describe())
+        if job.decoder == "dali":  # refused before any output file exists
+            dali_decode.require()
+            dali_decode.check_input(info, _dali_device(upscaler))
         if on_start is not None:
             on_start(info)
         with publish(job.target, overwrite=job.overwrite) as partial:
@@ -313,7 +320,14 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
     counts = {"decoded": 0}
 
     def decode() -> None:
-        for item in iter_media(source, info, copy_streams=muxer.copied_indices):
+        if job.decoder == "dali":
+            items = dali_decode.iter_media_dali(
+                source, info, copy_streams=muxer.copied_indices, device=_dali_device(upscaler),
+                batch=max(8, upscaler.batch), device_id=upscaler.engine.device.index,
+            )
+        else:
+            items = iter_media(source, info, copy_streams=muxer.copied_indices)
+        for item in items:
             if isinstance(item, CopiedPacket):
                 decoded.put(item, 0)
             else:
@@ -367,6 +381,11 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
             f"the output was not published (please report this)"
         )
     return stats.frames
+
+
+def _dali_device(upscaler: Upscaler) -> str:
+    # DALI decodes where the network runs: NVDEC ("mixed") next to a CUDA engine, else its CPU backend.
+    return "gpu" if upscaler.engine.device.type == "cuda" else "cpu"
 
 
 def _raise_stage_errors(stages: list[_Stage]) -> None:

@@ -70,6 +70,15 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def _shape(text: str) -> tuple[int, int, int, int]:
+    from .engines.tensorrt_engine import parse_shape
+
+    try:
+        return parse_shape(text)
+    except Exception as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -113,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
     run.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
     run.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
+    run.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto", help="auto (default): TensorRT when it is installed and the device is a GPU, else torch")
+    run.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
     run.add_argument("--alpha", choices=("model", "resize"), default="model", help="upscale alpha with the network (default) or bicubic")
     run.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     video = run.add_argument_group("video output")
@@ -146,6 +157,51 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--output", type=Path, required=True, help="result, a .safetensors file")
     interp.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     interp.set_defaults(handler=cmd_interp)
+
+    export = sub.add_parser(
+        "export-onnx",
+        parents=[common],
+        help="export a model to one self-contained ONNX file",
+        description="Export a named model or checkpoint to ONNX (the model spec goes in the file's metadata); checked with onnx's checker.",
+        epilog="examples:\n  vsr export-onnx --output rrdb.onnx --fp16 --dynamic\n  vsr export-onnx --model realesr-animevideov3 --output av3_b4_256.onnx --batch 4 --tile 256 256",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--model", default=DEFAULT_MODEL, help=f"named model or checkpoint path (default {DEFAULT_MODEL})")
+    export.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    export.add_argument("--fp16", action="store_true", help="an FP16 graph (what TensorRT builds FP16 engines from)")
+    export.add_argument("--batch", type=_positive_int, default=1, help="batch of a fixed-shape export (default 1)")
+    shape = export.add_mutually_exclusive_group()
+    shape.add_argument("--tile", type=_positive_int, nargs=2, metavar=("H", "W"), help="fixed input tile size")
+    shape.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (the default when --tile is not given)")
+    export.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    export.set_defaults(handler=cmd_export_onnx)
+
+    build = sub.add_parser(
+        "build-engine",
+        parents=[common],
+        help="build a TensorRT engine from an ONNX file",
+        description=(
+            "Build a TensorRT engine (strongly typed: an FP16 ONNX gives an FP16 engine) with an optimisation\n"
+            "profile, a timing cache and a JSON sidecar. Without --output it goes to the engine cache\n"
+            "($VSR_HOME/engines), where `vsr run --backend tensorrt` finds it."
+        ),
+        epilog="example:\n  vsr export-onnx --output rrdb16.onnx --fp16 && vsr build-engine --onnx rrdb16.onnx --batch 4 --tile 256 256",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build.add_argument("--onnx", type=Path, required=True, help="ONNX file from `vsr export-onnx`")
+    build.add_argument("--output", type=Path, help="where to write the engine (default: the engine cache)")
+    build.add_argument("--batch", type=_positive_int, help="tiles per call the profile is built for")
+    build.add_argument("--tile", type=_positive_int, nargs=2, metavar=("H", "W"), help="tile size the profile is built for")
+    build.add_argument("--min-shape", type=_shape, help="NxCxHxW, with --opt-shape and --max-shape instead of --batch/--tile")
+    build.add_argument("--opt-shape", type=_shape)
+    build.add_argument("--max-shape", type=_shape)
+    build.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated (speeds up later builds)")
+    build.add_argument("--workspace", type=float, help="builder workspace limit in GiB")
+    build.add_argument("--opt-level", type=int, choices=range(6), default=3, help="builder optimisation level 0-5 (default 3)")
+    build.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="require an FP16 (or FP32) graph")
+    build.add_argument("--device", help="cuda or cuda:N (default cuda)")
+    build.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    build.set_defaults(handler=cmd_build_engine)
 
     env = sub.add_parser("env", parents=[common], help="versions of Python, torch, CUDA, PyAV/FFmpeg and the optional backends")
     env.add_argument("--json", action="store_true", help="machine-readable output")
@@ -181,16 +237,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _make_upscaler(args: argparse.Namespace, precision: str):
-    from . import models
-    from .device import resolve_device, resolve_dtype
-    from .engines import TorchEngine
-    from .upscale import Upscaler
+    from .device import dtype_name, resolve_device, resolve_dtype
+    from .engines.backends import choose_backend, create_engine
+    from .upscale import Upscaler, engine_limits
 
     device = resolve_device(args.device)
-    model = models.load(args.model)
-    engine = TorchEngine(model, device=device, dtype=resolve_dtype(precision))
-    log.info("model %s on %s", engine, device)
-    return Upscaler(engine, tile=args.tile, overlap=args.tile_overlap, batch=args.batch)
+    backend = choose_backend(args.backend, device)
+    engine = create_engine(
+        backend, model_ref=args.model, device=device, dtype=resolve_dtype(precision), engine_path=args.engine,
+        batch=args.batch, tile=args.tile,
+    )
+    upscaler = Upscaler(engine, tile=args.tile, overlap=args.tile_overlap, batch=args.batch)
+    limits = engine_limits(engine)
+    log.info(
+        "backend %s, %s, %s on %s; %s", backend, engine.spec.describe(), dtype_name(engine.dtype), device,
+        f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
+    )
+    return upscaler
 
 
 def _run_images(args: argparse.Namespace, precision: str) -> int:
@@ -290,6 +353,34 @@ def cmd_interp(args: argparse.Namespace) -> int:
 
     spec = interpolate_files(args.model_a, args.model_b, alpha=args.alpha, output=args.output, overwrite=args.overwrite)
     log.info("wrote %s (%s, alpha %.3g)", args.output, spec.describe(), args.alpha)
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from . import models
+    from .engines.onnx_export import export_onnx
+
+    model = models.load(args.model)
+    started = time.perf_counter()
+    path = export_onnx(
+        model, args.output, fp16=args.fp16, batch=args.batch, tile=tuple(args.tile) if args.tile else None,
+        dynamic=args.dynamic or not args.tile, overwrite=args.overwrite,
+    )
+    log.info("exported %s in %.1f s", model.spec.describe(), time.perf_counter() - started)
+    print(path)
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from .device import resolve_device
+    from .engines.tensorrt_engine import BuildConfig, build_engine
+
+    config = BuildConfig(
+        batch=args.batch, tile=tuple(args.tile) if args.tile else None, min_shape=args.min_shape, opt_shape=args.opt_shape,
+        max_shape=args.max_shape, workspace_gib=args.workspace, opt_level=args.opt_level, timing_cache=args.timing_cache, fp16=args.fp16,
+    )
+    device = resolve_device(args.device) if args.device else None
+    print(build_engine(args.onnx, args.output, config, overwrite=args.overwrite, device=device))
     return 0
 
 

@@ -63,6 +63,26 @@ def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: in
     return max(MIN_TILE, side // step * step)
 
 
+def engine_limits(engine: Engine) -> tuple[int, int, int] | None:
+    """(batch, height, width) an engine takes at most per call, or None when any shape goes.
+
+    Fixed-shape ONNX Runtime sessions expose ``fixed_shape`` (N, C, H, W); TensorRT engines expose
+    their optimisation ``profile`` (min, opt, max shapes). Eager engines have neither.
+    """
+    fixed = getattr(engine, "fixed_shape", None)
+    if fixed:
+        return fixed[0], fixed[2], fixed[3]
+    profile = getattr(engine, "profile", None)
+    if profile is not None:
+        return profile.max[0], profile.max[2], profile.max[3]
+    return None
+
+
+def _engine_min_side(engine: Engine) -> int:
+    profile = getattr(engine, "profile", None)
+    return max(engine.spec.min_size, *(profile.min[2:] if profile is not None else (0,)))
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
@@ -84,9 +104,11 @@ class Upscaler:
         if tile and overlap >= tile:
             raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
         self.engine = engine
+        self.limits = engine_limits(engine)
         self.tile = tile
         self.overlap = overlap
-        self.batch = batch
+        # A fixed-shape or profiled engine caps the batch; the tile is capped per frame (_tile_for).
+        self.batch = min(batch, self.limits[0]) if self.limits else batch
         self._fitted_tile: int | None = None  # smaller tile found by an out-of-memory fallback
 
     @property
@@ -99,7 +121,7 @@ class Upscaler:
             raise ValueError(f"expected (N, C, H, W) frames, got shape {tuple(frames.shape)}")
         n, _, height, width = frames.shape
         spec = self.engine.spec
-        x = _pad(frames.to(self.engine.device, self.engine.dtype), spec.multiple_of, spec.min_size)
+        x = _pad(frames.to(self.engine.device, self.engine.dtype), spec.multiple_of, _engine_min_side(self.engine))
         tile = self._tile_for(x.shape[-2], x.shape[-1], n)
         while True:
             try:
@@ -125,9 +147,22 @@ class Upscaler:
         if self._fitted_tile is not None:
             return self._fitted_tile
         if self.tile:
-            return self.tile
-        budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
-        return auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget, frames=frames)
+            tile = self.tile
+        else:
+            budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
+            tile = auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget, frames=frames)
+        return self._within_limits(tile, height, width)
+
+    def _within_limits(self, tile: int, height: int, width: int) -> int:
+        """Shrink ``tile`` (0 = whole frame) to what a fixed-shape or profiled engine accepts."""
+        if not self.limits:
+            return tile
+        _, max_h, max_w = self.limits
+        if tile == 0 and height <= max_h and width <= max_w:
+            return 0
+        side = min(max_h, max_w)
+        side -= side % self.engine.spec.multiple_of
+        return side if tile == 0 else min(tile, side)
 
     def _run(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, height, width = x.shape

@@ -1,0 +1,126 @@
+"""Which backend runs a model: ``--backend auto|torch|onnxruntime|tensorrt [--engine PATH]``.
+
+``auto`` picks TensorRT when it imports and the device is a GPU, else torch. onnxruntime and
+TensorRT run an ONNX export of the model made in memory (dynamic shapes for onnxruntime; for
+TensorRT the build goes through the engine cache, so it happens once per model, shape profile,
+library versions and GPU), or the file given with ``--engine``: an ``.onnx`` for onnxruntime, a
+plan built by ``vsr build-engine`` for TensorRT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from ..device import dtype_name
+from ..errors import UsageError
+from . import Engine
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def choose_backend(backend: str, device: torch.device) -> str:
+    """Resolve ``auto``: TensorRT when ``tensorrt`` is importable and ``device`` is a GPU."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device.type == "cuda" and importlib.util.find_spec("tensorrt") is not None:
+        return "tensorrt"
+    return "torch"
+
+
+def create_engine(
+    backend: str,
+    *,
+    model_ref: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    engine_path: Path | None = None,
+    batch: int = 4,
+    tile: int = 0,
+) -> Engine:
+    """Build the engine ``backend`` (already resolved, not ``auto``) for ``model_ref``.
+
+    ``batch`` and ``tile`` shape TensorRT's optimisation profile (tile 0: its default tile).
+    """
+    from .. import models
+
+    if engine_path is not None and backend == "torch":
+        raise UsageError("--engine is for --backend onnxruntime or tensorrt; torch runs --model directly")
+    if backend == "torch":
+        from .torch_engine import TorchEngine
+
+        return TorchEngine(models.load(model_ref), device=device, dtype=dtype)
+    if backend == "onnxruntime":
+        from .ort_engine import OrtEngine
+
+        if engine_path is not None:
+            engine = OrtEngine(engine_path, device=device)
+        else:
+            if dtype == torch.bfloat16:
+                raise UsageError("onnxruntime runs fp32 or fp16 exports; use --precision fp32/fp16, or --backend torch for bf16")
+            engine = OrtEngine(cached_onnx(models.load(model_ref), fp16=dtype == torch.float16), device=device)
+        _warn_precision(engine, dtype)
+        return engine
+    if backend == "tensorrt":
+        from .tensorrt_engine import BuildConfig, TrtEngine, _import_trt
+
+        _import_trt()  # exit 69 with the install hint before any export work
+        if engine_path is not None:
+            engine = TrtEngine.from_file(engine_path, device=device)
+        else:
+            if dtype == torch.bfloat16:
+                raise UsageError("the TensorRT path builds fp16 or fp32 engines; use --fp16, or --backend torch for bf16")
+            model = models.load(model_ref)
+            fp16 = dtype == torch.float16
+            config = BuildConfig(batch=batch, tile=(tile, tile) if tile else None, fp16=fp16)
+            engine = TrtEngine.from_onnx(cached_onnx(model, fp16=fp16), config, spec=model.spec, device=device)
+        _warn_precision(engine, dtype)
+        return engine
+    raise UsageError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's spec and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256(repr(model.spec).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def cached_onnx(model: torch.nn.Module, *, fp16: bool) -> Path:
+    """A dynamic-shape ONNX export of ``model``, made once and kept in ``$VSR_HOME/engines/onnx``.
+
+    Exporting x4plus with dynamic shapes takes over a minute on a small CPU, so a run with
+    ``--backend onnxruntime``/``tensorrt`` reuses the file; the key covers the weights, the
+    precision and the exporter's versions, and the cache publishes atomically under a lock.
+    """
+    import onnx
+
+    from .cache import cache_dir, engine_key, get_or_build
+    from .onnx_export import FORMAT, build_onnx
+
+    config = {"artifact": "onnx", "format": FORMAT, "fp16": fp16, "dynamic": True, "model": model_digest(model)}
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__}
+    key = engine_key(hashlib.sha256(b"vsr-onnx-export").hexdigest(), config, versions, {})
+
+    def build(tmp: Path) -> dict:
+        log.info("exporting %s to ONNX (%s, dynamic shapes; once per model)", model.spec.describe(), "fp16" if fp16 else "fp32")
+        tmp.write_bytes(build_onnx(model, fp16=fp16, dynamic=True))
+        return {"spec": model.spec.describe(), **config}
+
+    return get_or_build(key, build, root=cache_dir() / "onnx")
+
+
+def _warn_precision(engine: Engine, wanted: torch.dtype) -> None:
+    if engine.dtype != wanted:
+        log.warning("the engine runs in %s (its graph's type), not the %s asked for", dtype_name(engine.dtype), dtype_name(wanted))

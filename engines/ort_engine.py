@@ -1,0 +1,251 @@
+"""onnxruntime backend: runs a file from :mod:`vsr.engines.onnx_export` on the CPU or a GPU.
+
+Providers, in order of preference: TensorRT (when onnxruntime-gpu has it and TensorRT 10's
+``libnvinfer.so.10``, which its TensorRT provider links, can be loaded), CUDA, CPU. Inputs and
+outputs go through IO binding on both devices: the input tensor's memory is handed to onnxruntime and
+the output is written straight into a preallocated torch tensor, so a CUDA frame never visits the
+host and the CPU path makes no numpy copies.
+
+Shapes. A dynamic export takes any ``(N, C, H, W)`` with H and W multiples of
+``spec.multiple_of``. A fixed export (``--tile H W --batch B``) is exposed as
+:attr:`OrtEngine.fixed_shape` so the tiler can plan tiles of exactly that size; besides that the
+engine copes with what a tiler produces anyway: any number of tiles (run ``B`` at a time, the last
+group zero-padded, which is exact since batch items are independent) and tiles *smaller* than the
+fixed size (a frame smaller than the tile: padded bottom/right by reflection like
+:func:`vsr.upscale._pad`, output cropped). Larger tiles are a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from ..device import dtype_name
+from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
+from ..paths import vsr_home
+from .onnx_export import INSTALL_HINT, SPEC_KEY, spec_from_json
+
+log = logging.getLogger(__name__)
+
+# onnxruntime's type strings for the graph input, and the torch dtype each maps to.
+ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}
+# ONNX TensorProto element-type codes: IOBinding takes them in place of a numpy dtype, and numpy
+# has no bfloat16.
+ONNX_ELEMENT = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
+# onnxruntime-gpu 1.31's TensorRT provider links TensorRT 10 (reference/apis.md section 4).
+TENSORRT_EP_LIBRARY = "libnvinfer.so.10"
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or exit 69 naming the package to install."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise BackendUnavailable(f"the onnxruntime backend needs onnxruntime: {INSTALL_HINT} (onnxruntime-gpu for CUDA)") from err
+    return onnxruntime
+
+
+def default_providers(device: torch.device, available: list[str], *, tensorrt: bool | None = None) -> list:
+    """The provider list for ``device`` given onnxruntime's ``available`` providers.
+
+    CPU: the CPU provider alone. CUDA: TensorRT first when ``tensorrt`` (default: it is available
+    and its library loads), then CUDA on ``device``'s index, then CPU for any op neither supports.
+    A CUDA device without the CUDA provider (the CPU-only ``onnxruntime`` wheel) is exit 69.
+    """
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise UsageError(f"the onnxruntime backend runs on cpu or cuda, not {device}")
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailable(
+            "this onnxruntime has no CUDA provider (only " + ", ".join(available) + "); "
+            'pip uninstall onnxruntime && pip install "onnxruntime-gpu[cuda,cudnn]", or use --device cpu'
+        )
+    index = device.index if device.index is not None else 0
+    providers: list = []
+    if tensorrt is None:
+        tensorrt = "TensorrtExecutionProvider" in available and _loadable(TENSORRT_EP_LIBRARY)
+    if tensorrt:
+        providers.append(("TensorrtExecutionProvider", tensorrt_provider_options(index)))
+    providers += [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return providers
+
+
+def tensorrt_provider_options(device_index: int) -> dict:
+    """TensorRT provider options: engines and timing cache kept under ``$VSR_HOME/engines``.
+
+    No ``trt_fp16_enable``: the precision comes from the graph (an fp16 export is FLOAT16), and
+    the provider builds strongly typed networks when fp16/int8 flags are off. No optimisation
+    profile: fixed-shape exports need none; dynamic ones get an engine per new shape (cached).
+    """
+    cache = vsr_home() / "engines" / "ort-tensorrt"
+    return {
+        "device_id": device_index,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+
+
+class OrtEngine:
+    """An exported ONNX model (path or bytes) in an onnxruntime session, following :class:`Engine`.
+
+    ``dtype`` is the graph's input type (an fp16 export runs in fp16; there is no cast inside).
+    ``providers`` overrides :func:`default_providers` (names or ``(name, options)`` pairs);
+    ``threads`` sets onnxruntime's intra-op thread count (default: all cores).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        *,
+        device: torch.device | str = torch.device("cpu"),
+        providers: list | None = None,
+        threads: int | None = None,
+    ):
+        ort = import_onnxruntime()
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable(f"{device} asked for a GPU but torch sees no CUDA device; use --device cpu")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        if providers is None:
+            providers = default_providers(device, ort.get_available_providers())
+        for name, options in (p if isinstance(p, tuple) else (p, {}) for p in providers):
+            if name == "TensorrtExecutionProvider" and "trt_engine_cache_path" in options:
+                Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+
+        source = model if isinstance(model, bytes) else str(model)
+        self.name = "<ONNX bytes>" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes) and not Path(model).is_file():
+            raise InputMissing(f"ONNX file {model} does not exist; create it with `vsr export-onnx`")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: the CLI owns the terminal
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own pybind exception types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"{self.name}: onnxruntime cannot load it ({first})") from err
+        self.providers: list[str] = self._session.get_providers()
+        if device.type == "cuda" and not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.providers):
+            raise BackendUnavailable(
+                f"onnxruntime could not start its CUDA provider (running on {', '.join(self.providers)}); "
+                'check the CUDA 13 and cuDNN 9 libraries: pip install "onnxruntime-gpu[cuda,cudnn]"'
+            )
+
+        meta = self._session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in meta:
+            raise InputError(f"{self.name} has no {SPEC_KEY} metadata; export it with `vsr export-onnx`")
+        self.spec, self.info = spec_from_json(meta[SPEC_KEY], source=self.name)
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+            raise InputError(f"{self.name}: expected one (N, C, H, W) input and one output")
+        if inputs[0].type not in ORT_TYPES:
+            raise InputError(f"{self.name}: input type {inputs[0].type} is not float, float16 or bfloat16")
+        self.dtype: torch.dtype = ORT_TYPES[inputs[0].type]
+        self._input, self._output = inputs[0].name, outputs[0].name
+        # Symbolic dims come back as strings (or None); only positive ints are fixed.
+        self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
+
+    @property
+    def fixed_shape(self) -> tuple[int, int, int, int] | None:
+        """``(batch, C, H, W)`` of a fixed-shape export, None for a dynamic one.
+
+        The tiler should use tiles of exactly ``H`` x ``W`` and batches of ``batch``; other counts
+        and smaller tiles work (see the module notes) but waste compute.
+        """
+        return self.input_shape if None not in self.input_shape else None  # type: ignore[return-value]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Upscale ``x`` ``(N, C, H, W)``; returns ``(N, C_out, H*scale, W*scale)`` on ``device`` in ``dtype``."""
+        self._live()
+        x = x.to(device=self.device, dtype=self.dtype)
+        n, height, width = self._check(x)
+        fixed_h, fixed_w = self.input_shape[2], self.input_shape[3]
+        pad_h = fixed_h - height if fixed_h is not None else 0
+        pad_w = fixed_w - width if fixed_w is not None else 0
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        group = self.input_shape[0] or n
+        outs = []
+        for start in range(0, n, group):
+            chunk = x[start : start + group]
+            count = chunk.shape[0]
+            if count < group:
+                # Batch items are independent, so zero padding the last group changes nothing.
+                chunk = torch.cat([chunk, chunk.new_zeros((group - count, *chunk.shape[1:]))])
+            outs.append(self._run(chunk.contiguous())[:count])
+        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        s = self.spec.scale
+        return y[..., : height * s, : width * s] if (pad_h or pad_w) else y
+
+    def close(self) -> None:
+        """Drop the session (and its device memory); the engine is unusable afterwards."""
+        self._session = None
+
+    def __repr__(self) -> str:
+        shape = "x".join("?" if d is None else str(d) for d in self.input_shape)
+        return f"OrtEngine({self.spec.describe()}, {shape}, device={self.device}, dtype={dtype_name(self.dtype)}, providers={self.providers})"
+
+    # ----------------------------------------------------------------------- internals
+
+    def _live(self):
+        if self._session is None:
+            raise RuntimeError("OrtEngine used after close()")
+        return self._session
+
+    def _check(self, x: torch.Tensor) -> tuple[int, int, int]:
+        if x.dim() != 4 or x.shape[1] != self.spec.in_channels:
+            raise ValueError(f"expected (N, {self.spec.in_channels}, H, W) input, got shape {tuple(x.shape)}")
+        n, _, height, width = x.shape
+        m = self.spec.multiple_of
+        if height % m or width % m:
+            raise ValueError(f"input {width}x{height} is not a multiple of {m}; pad it first (the Upscaler does)")
+        fixed_h, fixed_w = self.input_shape[2], self.input_shape[3]
+        if (fixed_h is not None and height > fixed_h) or (fixed_w is not None and width > fixed_w):
+            raise ValueError(
+                f"{self.name} was exported for {fixed_w}x{fixed_h} tiles and cannot take {width}x{height};"
+                f" use tiles of at most that size (engine.fixed_shape) or export with --dynamic"
+            )
+        return n, height, width
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """One session run on a contiguous input of an accepted shape, via IO binding."""
+        session = self._live()
+        n, _, height, width = x.shape
+        s = self.spec.scale
+        y = torch.empty((n, self.spec.out_channels, height * s, width * s), device=self.device, dtype=self.dtype)
+        kind, index = self.device.type, self.device.index or 0
+        element = ONNX_ELEMENT[self.dtype]
+        io = session.io_binding()
+        io.bind_input(self._input, kind, index, element, tuple(x.shape), x.data_ptr())
+        io.bind_output(self._output, kind, index, element, tuple(y.shape), y.data_ptr())
+        if kind == "cuda":
+            # onnxruntime computes on its own CUDA stream: the input, written on torch's current
+            # stream, must be complete before it starts.
+            torch.cuda.current_stream(self.device).synchronize()
+        session.run_with_iobinding(io)
+        if kind == "cuda":
+            # A run ends with the provider's stream synchronised by default; this keeps ``y``
+            # safe to read on torch's stream even if a run option turns that off.
+            io.synchronize_outputs()
+        return y
+
+
+def _loadable(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        log.debug("%s cannot be loaded; onnxruntime's TensorRT provider is skipped", library)
+        return False
+    return True

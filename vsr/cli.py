@@ -203,6 +203,50 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     build.set_defaults(handler=cmd_build_engine)
 
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model the ESRGAN way (PSNR stage, then GAN stage), or export a run",
+        description=(
+            "Train from a TOML config (see examples/). Checkpoints, metrics.jsonl and the resolved config go to\n"
+            "[checkpoint] dir; --resume continues from its newest checkpoint. `vsr train export RUN --output F`\n"
+            "writes a model file that `vsr run`, `vsr interp` and `vsr export-onnx` take."
+        ),
+        epilog=(
+            "examples:\n  vsr train --config examples/train_psnr.toml --set train.steps=2000\n"
+            "  vsr train --config examples/train_gan.toml --resume\n"
+            "  vsr train export runs/psnr --output psnr.safetensors"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", type=Path, help="TOML config file")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (a TOML literal), repeatable")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in checkpoint.dir")
+    train.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines, or none")
+    train.set_defaults(handler=cmd_train)
+    train_sub = train.add_subparsers(dest="train_command", metavar="export", parser_class=_Parser)
+    texport = train_sub.add_parser("export", parents=[common], help="write a run's generator as a model file")
+    texport.add_argument("run_dir", type=Path, help="run folder (its newest checkpoint) or one step_*.pt")
+    texport.add_argument("--output", type=Path, required=True, help=".safetensors, or .pth (Real-ESRGAN params_ema layout)")
+    texport.add_argument("--raw", action="store_true", help="the raw generator instead of its EMA")
+    texport.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    texport.set_defaults(handler=cmd_train_export)
+
+    evaluate = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="PSNR/SSIM (Y channel) of a model on a folder of HR images",
+        description="PSNR and SSIM on the Y channel (BT.601, as MATLAB), border crop = scale, against the bicubic baseline.",
+    )
+    evaluate.add_argument("hr_dir", type=Path, help="folder of high-resolution images")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"named model, checkpoint or run folder (default {DEFAULT_MODEL})")
+    evaluate.add_argument("--lr-dir", type=Path, help="matching low-resolution images (default: bicubic downscale of the HR ones)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    evaluate.add_argument("--tile", type=_non_negative_int, default=0, help="tile side; 0 = whole image when it fits")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(handler=cmd_eval)
+
     env = sub.add_parser("env", parents=[common], help="versions of Python, torch, CUDA, PyAV/FFmpeg and the optional backends")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(handler=cmd_env)
@@ -381,6 +425,34 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     )
     device = resolve_device(args.device) if args.device else None
     print(build_engine(args.onnx, args.output, config, overwrite=args.overwrite, device=device))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train.loop import train
+
+    if args.config is None:
+        raise UsageError("vsr train needs --config FILE (see examples/), or `vsr train export RUN --output F`")
+    cfg = load_config(args.config, args.set)
+    summary = train(cfg, resume=args.resume, progress="none" if args.quiet else args.progress)
+    val = f", validation {summary.val}" if summary.val else ""
+    print(f"vsr: done: trained to step {summary.step} in {summary.seconds:.1f} s{val}; checkpoint {summary.checkpoint}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_export(args: argparse.Namespace) -> int:
+    from .train.export import export_run
+
+    print(export_run(args.run_dir, args.output, use_ema=not args.raw, overwrite=args.overwrite))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train.metrics import evaluate
+
+    result = evaluate(args.model, args.hr_dir, args.lr_dir, device=args.device, precision=args.precision, tile=args.tile)
+    print(result.to_json() if args.json else result.format_table())
     return 0
 
 

@@ -788,15 +788,20 @@ class _Prepared:
         )
 
 
+def _read_input(path: Path, what: str, hint: str) -> bytes:
+    """The bytes of an input file; missing is exit 66, unreadable exit 65, each with one line."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputMissing(f"{what} {path} does not exist; {hint}") from None
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path} ({err.strerror or err})") from err
+
+
 def _prepare(trt, onnx_path, config, onnx_bytes, spec, dev) -> _Prepared:
     onnx_path = Path(onnx_path)
     if onnx_bytes is None:
-        try:
-            onnx_bytes = onnx_path.read_bytes()
-        except FileNotFoundError:
-            raise InputMissing(f"ONNX file {onnx_path} does not exist; export one with vsr first") from None
-        except OSError as err:
-            raise InputError(f"cannot read ONNX file {onnx_path} ({err.strerror or err})") from err
+        onnx_bytes = _read_input(onnx_path, "ONNX file", "export one with `vsr export-onnx`")
     data = bytes(onnx_bytes)
     info = inspect_onnx(data)
     config = config or BuildConfig()
@@ -919,12 +924,7 @@ class TrtEngine:
         _import_trt()
         dev = _cuda_device(device)
         plan_path = Path(plan_path)
-        try:
-            plan = plan_path.read_bytes()
-        except FileNotFoundError:
-            raise InputMissing(f"engine file {plan_path} does not exist; build it with vsr build-engine") from None
-        except OSError as err:
-            raise InputError(f"cannot read engine {plan_path} ({err.strerror or err})") from err
+        plan = _read_input(plan_path, "engine file", "build it with `vsr build-engine`")
         meta = cache.read_sidecar(plan_path) or {}
         if meta.get("sha256") and meta["sha256"] != cache.sha256_bytes(plan):
             raise InputError(f"engine {plan_path} does not match its sidecar {cache.sidecar_path(plan_path)} (damaged or replaced); rebuild it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,6 +25,8 @@ from ..frame import Frame, StreamInfo, VideoInfo
 
 log = logging.getLogger(__name__)
 
+# Frames remembered for the end-of-stream damage check (more than any GOP vsr expects).
+_TAIL_FRAMES = 2048
 # Semi-planar formats (what NVDEC hands back) split into planes without a swscale pass.
 _SEMI_PLANAR = {"nv12": (8, 0), "nv21": (8, 0), "p010le": (10, 6), "p016le": (16, 0)}
 
@@ -191,6 +194,8 @@ def iter_media(
     copied = [container.streams[i] for i in copy_streams if container.streams[i].type != "attachment"]
     count = 0
     damaged: list[int] = []
+    last_key: int | None = None  # pts of the last keyframe packet, where the tail check starts
+    recent: deque[tuple[int | None, int]] = deque(maxlen=_TAIL_FRAMES)  # (pts, index) of the last frames
     try:
         for packet in container.demux([video, *copied]):
             stream = packet.stream
@@ -198,9 +203,12 @@ def iter_media(
                 if packet.size:  # empty packets are demuxer flush markers, not data
                     yield CopiedPacket(packet, stream.index)
                 continue
+            if packet.is_keyframe and packet.pts is not None:
+                last_key = packet.pts
             for frame in _decode(packet, count):
                 if frame.is_corrupt:
                     damaged.append(count)
+                recent.append((frame.pts, count))
                 yield _to_frame(frame, count, info)
                 count += 1
     except av.error.FFmpegError as err:
@@ -213,6 +221,12 @@ def iter_media(
         return
     if count == 0:
         raise InputError(f"input {info.path}: the video stream holds no decodable frame")
+    if last_key is not None and recent:
+        # With frame threading FFmpeg does not reliably flag a frame it concealed (seen on a
+        # truncated MPEG-TS: 7 runs in 20 missed it), and a truncated file damages the last GOP:
+        # decode that GOP again on one thread, where the flag is reliable.
+        by_pts = dict(recent)
+        damaged = sorted(set(damaged) | {by_pts[p] for p in _corrupt_tail(info, last_key) if p in by_pts})
     if damaged:
         where = ", ".join(str(i) for i in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
         log.warning(
@@ -221,6 +235,33 @@ def iter_media(
         )
     if video.frames and count < video.frames:
         log.warning("input %s ended early: %d frames read, the header announced %d (truncated file?)", info.path, count, video.frames)
+
+
+def _corrupt_tail(info: VideoInfo, key_pts: int) -> list[int]:
+    """pts of the frames FFmpeg flags as corrupt from the keyframe at ``key_pts`` to the end,
+    decoded without threads: a second read of the file that decodes only the last GOP. It seeks
+    there first; where the seek misses that keyframe (MPEG-TS near its start can land past every
+    frame) it demuxes from the start instead, decoding nothing before the keyframe."""
+    for seek in (True, False):
+        try:
+            with av.open(str(info.path)) as container:
+                stream = container.streams[info.stream_index]
+                stream.thread_type = "NONE"
+                if seek:
+                    container.seek(key_pts, stream=stream, backward=True, any_frame=False)
+                corrupt, started = [], False
+                for packet in container.demux(stream):
+                    started = started or (packet.is_keyframe and packet.pts == key_pts)
+                    if not started:
+                        continue
+                    for frame in packet.decode():
+                        if frame.is_corrupt and frame.pts is not None and frame.pts >= key_pts:
+                            corrupt.append(frame.pts)
+                if started:
+                    return corrupt
+        except (av.error.FFmpegError, OSError) as err:
+            log.debug("tail check of %s skipped (%s)", info.path, err)
+    return []
 
 
 def _decode(packet: av.Packet, count: int) -> Iterator[av.VideoFrame]:

@@ -86,6 +86,33 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _add_processing_args(parser: argparse.ArgumentParser) -> None:
+    """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
+    from .models.zoo import DEFAULT_MODEL
+    from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
+    parser.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16")
+    parser.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
+    parser.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
+    parser.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto", help="auto (default): TensorRT when it is installed and the device is a GPU, else torch")
+    parser.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
+    video = parser.add_argument_group("video output")
+    video.add_argument("--codec", help="video encoder: libx264 (default; libvpx-vp9 for .webm), libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
+    video.add_argument("--crf", type=float, help="constant quality (lower is better; default 18 x264, 20 x265, 30 svtav1/vp9; cq for nvenc)")
+    video.add_argument("--preset", help="encoder speed preset (e.g. slow, medium for x264/x265; 0-13 for svtav1; p1-p7 for nvenc)")
+    video.add_argument("--pix-fmt", help="output pixel format (default: the source's chroma layout and bit depth where the encoder takes it)")
+    video.add_argument("--encoder-opt", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="any encoder option, repeatable (e.g. tune=film, x265-params=...)")
+    video.add_argument("--no-audio", action="store_true", help="leave the audio streams out (default: copied packet for packet)")
+    video.add_argument("--no-subtitles", action="store_true", help="leave the subtitle streams out (default: copied packet for packet)")
+    video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
+    video.add_argument("--decoder", choices=("pyav", "dali"), default=None, help="pyav (default, FFmpeg) or dali (NVIDIA DALI: NVDEC on GPU; VP8/VP9/MJPEG on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole argparse tree."""
     from .models.zoo import DEFAULT_MODEL
@@ -114,28 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("input", type=Path, help="video file, image file (png, jpg, webp, tif) or folder of images")
     run.add_argument("output", type=Path, help="output video (.mp4 .mkv .mov .webm .ts) or image file, or folder for a folder input")
-    run.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
-    run.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
-    run.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)")
-    run.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16")
-    run.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
-    run.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
-    run.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
-    run.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto", help="auto (default): TensorRT when it is installed and the device is a GPU, else torch")
-    run.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
+    _add_processing_args(run)
     run.add_argument("--alpha", choices=("model", "resize"), default="model", help="upscale alpha with the network (default) or bicubic")
     run.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    video = run.add_argument_group("video output")
-    video.add_argument("--codec", help="video encoder: libx264 (default; libvpx-vp9 for .webm), libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
-    video.add_argument("--crf", type=float, help="constant quality (lower is better; default 18 x264, 20 x265, 30 svtav1/vp9; cq for nvenc)")
-    video.add_argument("--preset", help="encoder speed preset (e.g. slow, medium for x264/x265; 0-13 for svtav1; p1-p7 for nvenc)")
-    video.add_argument("--pix-fmt", help="output pixel format (default: the source's chroma layout and bit depth where the encoder takes it)")
-    video.add_argument("--encoder-opt", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="any encoder option, repeatable (e.g. tune=film, x265-params=...)")
-    video.add_argument("--no-audio", action="store_true", help="leave the audio streams out (default: copied packet for packet)")
-    video.add_argument("--no-subtitles", action="store_true", help="leave the subtitle streams out (default: copied packet for packet)")
-    video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
-    video.add_argument("--decoder", choices=("pyav", "dali"), default=None, help="pyav (default, FFmpeg) or dali (NVIDIA DALI: NVDEC on GPU; VP8/VP9/MJPEG on CPU)")
     run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     run.set_defaults(handler=cmd_run)
 
@@ -157,6 +165,38 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--output", type=Path, required=True, help="result, a .safetensors file")
     interp.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     interp.set_defaults(handler=cmd_interp)
+
+    batch = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="upscale many videos (or long ones in segments) with several workers, resumable",
+        description=(
+            "Upscale every input into --output-dir (same names). A manifest (vsr-batch.json) records every job;\n"
+            "running the same command again skips verified finished outputs, retries failed ones (not 65/66),\n"
+            "and redoes only unfinished segments after a crash."
+        ),
+        epilog=(
+            "examples:\n  vsr batch episodes/ --output-dir out/ --workers 2\n"
+            "  vsr batch film.mkv --output-dir out/ --segments 8 --fp16\n"
+            "  vsr batch list.txt --output-dir /shared/out --executor ray --ray-address auto"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="video files, folders of videos, or .txt lists of inputs")
+    batch.add_argument("--output-dir", type=Path, required=True, help="where outputs and the manifest go")
+    batch.add_argument("--output-ext", help="container of the outputs, e.g. .mkv (default: each input's own)")
+    batch.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1; one per GPU is the usual choice)")
+    batch.add_argument("--executor", choices=("local", "ray"), default="local", help="local processes (default) or a Ray cluster")
+    batch.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")
+    batch.add_argument("--retries", type=_non_negative_int, default=2, help="attempts after a failure that may pass elsewhere (exit 1/74/75; default 2)")
+    segs = batch.add_mutually_exclusive_group()
+    segs.add_argument("--segment-frames", type=_positive_int, help="split each video into segments of N frames")
+    segs.add_argument("--segments", type=_positive_int, help="split each video into K segments")
+    batch.add_argument("--shard", help="I/N: only every N-th input starting at I (Slurm array jobs)")
+    _add_processing_args(batch)
+    batch.add_argument("--overwrite", action="store_true", help="replace outputs this batch did not write")
+    batch.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
+    batch.set_defaults(handler=cmd_batch)
 
     export = sub.add_parser(
         "export-onnx",
@@ -256,12 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-VIDEO_FLAGS = ("codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from .media.image import image_format
-
+def _precision(args: argparse.Namespace) -> str:
+    """--precision / --fp16 resolved (and checked together with the tile flags)."""
     precision = args.precision or "fp32"
     if args.fp16 is not None:
         wanted = "fp16" if args.fp16 else "fp32"
@@ -270,6 +306,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         precision = wanted
     if args.tile and args.tile_overlap >= args.tile:
         raise UsageError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}")
+    if args.decoder == "dali" and args.hwaccel:
+        raise UsageError("--decoder dali decodes on the GPU by itself; leave out --hwaccel")
+    return precision
+
+
+def _encode_settings(args: argparse.Namespace):
+    from .media.encode import EncodeSettings
+
+    return EncodeSettings(
+        codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, options=tuple(args.encoder_opt),
+        audio=not args.no_audio, subtitles=not args.no_subtitles,
+    )
+
+
+VIDEO_FLAGS = ("codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .media.image import image_format
+
+    precision = _precision(args)
     # An image on either side means an image job (a video into a .png is refused there).
     is_images = args.input.is_dir() or image_format(args.input) is not None or image_format(args.output) is not None
     if is_images:
@@ -280,21 +337,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_video(args, precision)
 
 
-def _make_upscaler(args: argparse.Namespace, precision: str):
-    from .device import dtype_name, resolve_device, resolve_dtype
-    from .engines.backends import choose_backend, create_engine
-    from .upscale import Upscaler, engine_limits
+def _upscaler_spec(args: argparse.Namespace, precision: str):
+    from .batch.run import UpscalerSpec
 
-    device = resolve_device(args.device)
-    backend = choose_backend(args.backend, device)
-    engine = create_engine(
-        backend, model_ref=args.model, device=device, dtype=resolve_dtype(precision), engine_path=args.engine,
-        batch=args.batch, tile=args.tile,
+    return UpscalerSpec(
+        model=args.model, device=args.device, precision=precision, backend=args.backend,
+        engine_path=str(args.engine) if args.engine else None, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
     )
-    upscaler = Upscaler(engine, tile=args.tile, overlap=args.tile_overlap, batch=args.batch)
+
+
+def _make_upscaler(args: argparse.Namespace, precision: str):
+    from .device import dtype_name
+    from .upscale import engine_limits
+
+    upscaler = _upscaler_spec(args, precision)()
+    engine = upscaler.engine
     limits = engine_limits(engine)
     log.info(
-        "backend %s, %s, %s on %s; %s", backend, engine.spec.describe(), dtype_name(engine.dtype), device,
+        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(engine.dtype), engine.device,
         f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
     )
     return upscaler
@@ -326,15 +386,9 @@ def _run_images(args: argparse.Namespace, precision: str) -> int:
 
 def _run_video(args: argparse.Namespace, precision: str) -> int:
     from . import progress
-    from .media.encode import EncodeSettings
     from .pipeline import VideoJob, check_job, run_video
 
-    settings = EncodeSettings(
-        codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, options=tuple(args.encoder_opt),
-        audio=not args.no_audio, subtitles=not args.no_subtitles,
-    )
-    if args.decoder == "dali" and args.hwaccel:
-        raise UsageError("--decoder dali decodes on the GPU by itself; leave out --hwaccel")
+    settings = _encode_settings(args)
     job = VideoJob(
         args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel,
         decoder=args.decoder or "pyav", overwrite=args.overwrite,
@@ -372,6 +426,35 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from . import progress
+    from .batch.run import parse_shard, run_batch
+
+    precision = _precision(args)
+    reporter = progress.make("none" if args.quiet else args.progress)
+    try:
+        summary = run_batch(
+            args.inputs, args.output_dir, make_upscaler=_upscaler_spec(args, precision), settings=_encode_settings(args),
+            outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav", output_ext=args.output_ext,
+            workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
+            segment_frames=args.segment_frames, segments=args.segments, overwrite=args.overwrite,
+            shard=parse_shard(args.shard) if args.shard else None, progress=reporter,
+        )
+    finally:
+        reporter.close()
+    if args.progress == "json":
+        for record in summary.records():
+            print(json.dumps({"event": "job", **record}), flush=True)
+    elif not args.quiet:
+        print(summary.table(), file=sys.stderr)
+    if summary.exit_code:
+        failed = [r for r in summary.rows if r.state not in ("done", "skipped")]
+        first = failed[0] if failed else None
+        detail = f" (first: {first.input}: {first.error})" if first is not None and first.error else ""
+        print(f"vsr: error: {len(failed)} of {len(summary.rows)} jobs did not finish{detail}; run the same command again to retry", file=sys.stderr)
+    return summary.exit_code
 
 
 def cmd_models(args: argparse.Namespace) -> int:

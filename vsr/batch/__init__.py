@@ -1,0 +1,10 @@
+"""Batch execution: many inputs, frame-exact segments of long videos, a resumable job manifest,
+local multi-process (one engine per worker) and Ray executors.
+
+Entry point: :func:`vsr.batch.run.run_batch`.
+"""
+
+from .manifest import Manifest, worst_exit_code
+from .run import BatchSummary, JobRow, UpscalerSpec, collect_inputs, parse_shard, run_batch
+
+__all__ = ["BatchSummary", "JobRow", "Manifest", "UpscalerSpec", "collect_inputs", "parse_shard", "run_batch", "worst_exit_code"]

@@ -1,0 +1,759 @@
+"""``vsr batch``: many inputs (and segments of long ones) over several workers, resumable.
+
+:func:`run_batch` is the whole thing. The calling process is the coordinator: it expands the
+inputs, decides per job from the manifest what is left to do (vsr.batch.manifest.decide), cuts long
+videos into segments when asked, and hands units of work to workers one at a time:
+
+* ``file``: one whole input through :func:`vsr.pipeline.run_video`, exactly like ``vsr run``;
+* ``segment``: one frame range into a piece (vsr.batch.segments.encode_segment);
+* ``join``: the pieces of a job remuxed into its output, once all of them are complete.
+
+Workers (``executor="local"``) are ``spawn``-ed processes, each building its engine once from
+``make_upscaler`` (a picklable zero-argument callable such as :class:`UpscalerSpec`); with one
+worker everything runs in this process. Each unit is claimed with a lease file (an ``flock``), so
+two workers, or two batches on different nodes over shared storage, never process the same job or
+segment. Only the coordinator writes the manifest (locked, atomic), so the manifest shows queued,
+running, done or failed per job, with attempts, exit code and the error line.
+
+Failures stay with their job: a broken input fails with its exit code (65/66 are never retried;
+1, 74 and 75 are retried up to ``retries`` times in the run) and the others go on. The batch's
+exit code is the worst failure class (vsr.batch.manifest.worst_exit_code), 0 when all are done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputMissing, Interrupted, TransientError, UsageError, VsrError
+from ..media.encode import CONTAINERS, EncodeSettings, container_format
+from ..progress import Progress
+from .manifest import RETRY_IN_RUN, Lease, Manifest, decide, input_fingerprint, new_record, now_iso, options_fingerprint, sha256_file, worst_exit_code
+from .segments import SEGMENTS_DIR, Segment, encode_segment, index_video, join_segments, piece_path, piece_status, plan_segments
+
+log = logging.getLogger(__name__)
+
+LEASES_DIR = ".vsr-batch"
+# Inputs a folder expands to (by extension); anything FFmpeg reads works when named explicitly.
+VIDEO_EXTENSIONS = frozenset({*CONTAINERS, ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".vob", ".ogv", ".3gp", ".y4m", ".m2v", ".dv", ".mxf", ".asf"})
+LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
+EXECUTORS = ("local", "ray")
+# Seconds between progress messages from a worker.
+PROGRESS_INTERVAL = 0.25
+
+
+# --------------------------------------------------------------------------- the engine spec
+
+
+@dataclass(frozen=True)
+class UpscalerSpec:
+    """What ``vsr run`` needs to build its Upscaler, small enough to pickle into a worker.
+
+    Calling it builds the engine (same code path as ``vsr run``); :meth:`for_worker` spreads
+    workers over the GPUs when the device is ``auto``/``cuda`` and there are several.
+    """
+
+    model: str = "realesrgan-x4plus"
+    device: str = "auto"
+    precision: str = "fp32"
+    backend: str = "auto"
+    engine_path: str | None = None
+    tile: int = 0
+    tile_overlap: int = 16
+    batch: int = 4
+
+    def __call__(self):
+        from ..device import resolve_device, resolve_dtype
+        from ..engines.backends import choose_backend, create_engine
+        from ..upscale import Upscaler
+
+        device = resolve_device(self.device)
+        backend = choose_backend(self.backend, device)
+        engine = create_engine(
+            backend, model_ref=self.model, device=device, dtype=resolve_dtype(self.precision),
+            engine_path=Path(self.engine_path) if self.engine_path else None, batch=self.batch, tile=self.tile,
+        )
+        return Upscaler(engine, tile=self.tile, overlap=self.tile_overlap, batch=self.batch)
+
+    def for_worker(self, index: int) -> UpscalerSpec:
+        if self.device not in ("auto", "cuda"):
+            return self
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return replace(self, device=f"cuda:{index % count}") if count > 1 else self
+
+    def fingerprint(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("device")  # where it runs does not change the result (precision and backend do)
+        model = Path(self.model)
+        if model.is_file():
+            st = model.stat()
+            out["model_file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return out
+
+
+# --------------------------------------------------------------------------- inputs and jobs
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The processing options of every job (the ``vsr run`` video flags)."""
+
+    settings: EncodeSettings = EncodeSettings()
+    outscale: float | None = None
+    hwaccel: str | None = None
+    decoder: str = "pyav"
+    output_ext: str | None = None  # default: the input's when vsr writes it, else .mkv
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    source: Path
+    target: Path
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str  # "file" | "segment" | "join"
+    job: Job
+    options: BatchOptions
+    overwrite: bool
+    segment: Segment | None = None
+    pieces: tuple[Path, ...] = ()
+    piece_extra: dict | None = None
+    options_fp: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.job.job_id}/{self.kind}" + (f"/{self.segment.index:04d}" if self.segment is not None else "")
+
+
+@dataclass
+class UnitResult:
+    key: str
+    job_id: str
+    kind: str
+    ok: bool
+    exit_code: int = 0
+    error: str | None = None
+    frames: int = 0
+    seconds: float = 0.0
+    reused: bool = False
+    busy: bool = False
+    sha256: str | None = None
+
+
+@dataclass
+class JobRow:
+    """One line of the summary table."""
+
+    input: str
+    output: str
+    state: str  # done, skipped (done before, verified), failed, busy (another process holds it)
+    attempts: int = 0
+    frames: int | None = None
+    seconds: float | None = None
+    exit_code: int = 0
+    error: str | None = None
+    segments: int | None = None
+    segments_reused: int = 0
+
+    @property
+    def fps(self) -> float | None:
+        return self.frames / self.seconds if self.frames and self.seconds else None
+
+
+@dataclass
+class BatchSummary:
+    rows: list[JobRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return worst_exit_code(row.exit_code for row in self.rows if row.state in ("failed", "busy"))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows:
+            out[row.state] = out.get(row.state, 0) + 1
+        return out
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as dicts (for ``--progress json``)."""
+        return [{**asdict(row), "fps": None if row.fps is None else round(row.fps, 3)} for row in self.rows]
+
+    def table(self) -> str:
+        """A plain-text table, one row per input."""
+        head = ("input", "state", "attempts", "frames", "seconds", "fps", "exit", "error")
+        lines = [head]
+        for r in self.rows:
+            lines.append((
+                r.input, r.state, str(r.attempts), "" if r.frames is None else str(r.frames),
+                "" if r.seconds is None else f"{r.seconds:.1f}", "" if r.fps is None else f"{r.fps:.2f}",
+                str(r.exit_code) if r.exit_code else "", r.error or "",
+            ))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in lines).rstrip()
+
+
+def collect_inputs(inputs: Iterable[Path | str]) -> list[Path]:
+    """Files as given; folders as their video files (by extension, sorted, not recursive); ``.txt``
+    / ``.list`` / ``.lst`` files as lists of inputs, one per line, ``#`` comments, relative paths
+    relative to the list. Missing paths stay in the list (their jobs fail with exit 66)."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+                if line:
+                    entry = Path(line).expanduser()
+                    out.extend(collect_inputs([entry if entry.is_absolute() else path.parent / entry]))
+        else:
+            out.append(path)
+    return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (0 <= I < N) -> (I, N)."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: give I/N, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def _job_id(source: Path, target: Path) -> str:
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.stem)[:60]
+    return f"{safe}-{hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]}"
+
+
+def plan_jobs(sources: Sequence[Path], output_dir: Path, output_ext: str | None) -> list[Job]:
+    jobs, seen = [], {}
+    for source in sources:
+        ext = output_ext or (source.suffix.lower() if container_format(source) else ".mkv")
+        if not ext.startswith("."):
+            ext = "." + ext
+        if container_format(Path("x" + ext)) is None:
+            raise UsageError(f"--output-ext {ext}: vsr writes {', '.join(sorted(CONTAINERS))}")
+        target = output_dir / (source.stem + ext)
+        if target in seen:
+            raise UsageError(f"inputs {seen[target]} and {source} would both be written to {target}; rename one or run them separately")
+        seen[target] = source
+        jobs.append(Job(_job_id(source, target), source, target))
+    return jobs
+
+
+# --------------------------------------------------------------------------- running one unit
+
+
+class _Worker:
+    """A unit runner with its engine, built on first use and kept for every later unit."""
+
+    def __init__(self, make_upscaler: Callable[[], Any], output_dir: Path, report: Callable[[str, int], None]):
+        self.make_upscaler = make_upscaler
+        self.output_dir = output_dir
+        self.report = report  # (unit key, frames done in this unit)
+        self._upscaler = None
+
+    @property
+    def upscaler(self):
+        if self._upscaler is None:
+            self._upscaler = self.make_upscaler()
+        return self._upscaler
+
+    def close(self) -> None:
+        if self._upscaler is not None:
+            with contextlib.suppress(Exception):
+                self._upscaler.engine.close()
+            self._upscaler = None
+
+    def run(self, unit: Unit) -> UnitResult:
+        started = time.perf_counter()
+        result = UnitResult(unit.key, unit.job.job_id, unit.kind, ok=False)
+        lease = Lease(self._lease_path(unit))
+        if not lease.acquire():
+            result.busy, result.exit_code = True, TransientError.exit_code
+            result.error = f"{unit.key} is being processed by another vsr process (lease {lease.path})"
+            return result
+        try:
+            if unit.kind != "segment" and self._done_elsewhere(unit, result):
+                return result
+            getattr(self, f"_run_{unit.kind}")(unit, result)
+            result.ok = True
+        except VsrError as err:
+            result.exit_code, result.error = err.exit_code, str(err)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # a bug: keep the traceback in the log, the job fails with 1
+            log.error("internal error in %s:\n%s", unit.key, traceback.format_exc())
+            result.exit_code, result.error = 1, f"internal error ({type(err).__name__}: {err}); please report it"
+        finally:
+            lease.release()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _done_elsewhere(self, unit: Unit, result: UnitResult) -> bool:
+        """Another process (a second batch over the same folder) finished this job between our
+        plan and our lease: its verified output counts, instead of failing on "output exists"."""
+        record = Manifest(self.output_dir).job(unit.job.job_id)
+        # Not the state: the other coordinator's "running" may have landed after its "done"; a
+        # recorded sha256 that the output matches, for this input and these options, is the proof.
+        if not record or not record.get("sha256") or record.get("options") != unit.options_fp:
+            return False
+        if record.get("input_fingerprint") != input_fingerprint(unit.job.source) or not unit.job.target.exists():
+            return False
+        if sha256_file(unit.job.target) != record.get("sha256"):
+            return False
+        result.ok, result.reused, result.sha256 = True, True, record["sha256"]
+        result.frames = int(record.get("frames") or 0)
+        return True
+
+    def _lease_path(self, unit: Unit) -> Path:
+        if unit.kind == "segment":
+            return self.output_dir / SEGMENTS_DIR / unit.job.job_id / f"{unit.segment.index:04d}.lease"
+        return self.output_dir / LEASES_DIR / f"{unit.job.job_id}.lease"
+
+    def _throttled(self, key: str) -> Callable[[int], None]:
+        last = [0.0]
+
+        def on_frame(done: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL:
+                last[0] = now
+                self.report(key, done)
+
+        return on_frame
+
+    def _run_file(self, unit: Unit, result: UnitResult) -> None:
+        from ..pipeline import VideoJob, run_video
+
+        opts = unit.options
+        job = VideoJob(
+            unit.job.source, unit.job.target, settings=opts.settings, outscale=opts.outscale, hwaccel=opts.hwaccel,
+            decoder=opts.decoder, overwrite=unit.overwrite,
+        )
+        if not job.source.exists():
+            raise InputMissing(f"input {job.source} does not exist")
+        done = run_video(job, self.upscaler, on_frame=self._throttled(unit.key))
+        self.report(unit.key, done.frames)
+        result.frames = done.frames
+        result.sha256 = sha256_file(unit.job.target)
+
+    def _run_segment(self, unit: Unit, result: UnitResult) -> None:
+        fmt = container_format(unit.job.target)
+        folder = self.output_dir / SEGMENTS_DIR / unit.job.job_id
+        piece = piece_path(folder, unit.segment, fmt)
+        expected = {"segment": unit.segment.as_dict(), **(unit.piece_extra or {})}
+        reusable, why = piece_status(piece, expected)
+        if reusable:
+            from ..engines.cache import read_sidecar
+
+            result.reused, result.frames = True, int((read_sidecar(piece) or {}).get("frames", 0))
+            self.report(unit.key, result.frames)
+            return
+        if piece.exists():
+            log.info("redoing %s (%s)", piece, why)
+        opts = unit.options
+        meta = encode_segment(
+            unit.job.source, unit.segment, piece, upscaler=self.upscaler, settings=opts.settings, outscale=opts.outscale,
+            hwaccel=opts.hwaccel, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
+        )
+        result.frames = int(meta["frames"])
+        self.report(unit.key, result.frames)
+
+    def _run_join(self, unit: Unit, result: UnitResult) -> None:
+        result.frames = join_segments(unit.job.source, list(unit.pieces), unit.job.target, settings=unit.options.settings, overwrite=unit.overwrite)
+        result.sha256 = sha256_file(unit.job.target)
+        shutil.rmtree(self.output_dir / SEGMENTS_DIR / unit.job.job_id, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class _InlineExecutor:
+    """Runs each unit in this process when it is submitted (one worker: no spawn, no pickling)."""
+
+    def __init__(self, make_upscaler, output_dir: Path, on_progress):
+        self.slots = 1
+        self._worker = _Worker(make_upscaler, output_dir, on_progress)
+        self._done: deque[UnitResult] = deque()
+
+    def submit(self, unit: Unit) -> None:
+        self._done.append(self._worker.run(unit))
+
+    def results(self, timeout: float) -> list[UnitResult]:
+        out = list(self._done)
+        self._done.clear()
+        return out
+
+    def close(self) -> None:
+        self._worker.close()
+
+
+def _worker_main(index: int, make_upscaler, output_dir: str, threads: int | None, tasks, results) -> None:
+    """A spawned worker: build the engine lazily, run units until it gets None."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides; it terminates us on Ctrl-C
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if hasattr(make_upscaler, "for_worker"):
+        make_upscaler = make_upscaler.for_worker(index)
+    worker = _Worker(make_upscaler, Path(output_dir), lambda key, done: results.put(("progress", index, key, done)))
+    try:
+        while True:
+            unit = tasks.get()
+            if unit is None:
+                return
+            results.put(("done", index, worker.run(unit)))
+    finally:
+        worker.close()
+
+
+class _PoolExecutor:
+    """``workers`` spawned processes, each with its own task queue so the coordinator knows which
+    unit each one holds (a worker that dies fails its unit with exit 75 and is replaced)."""
+
+    def __init__(self, workers: int, make_upscaler, output_dir: Path, on_progress):
+        self.slots = workers
+        self._ctx = multiprocessing.get_context("spawn")
+        self._make_upscaler = make_upscaler
+        self._output_dir = str(output_dir)
+        self._on_progress = on_progress
+        self._results = self._ctx.Queue()
+        cpu = os.cpu_count() or 1
+        self._threads = max(1, cpu // workers)
+        self._procs: list = [None] * workers
+        self._tasks: list = [None] * workers
+        self._holding: list[Unit | None] = [None] * workers
+        for i in range(workers):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        self._tasks[i] = self._ctx.Queue()
+        proc = self._ctx.Process(
+            target=_worker_main, args=(i, self._make_upscaler, self._output_dir, self._threads, self._tasks[i], self._results),
+            name=f"vsr-batch-worker-{i}", daemon=True,
+        )
+        proc.start()
+        self._procs[i] = proc
+
+    def submit(self, unit: Unit) -> None:
+        i = self._holding.index(None)
+        self._holding[i] = unit
+        self._tasks[i].put(unit)
+
+    def results(self, timeout: float) -> list[UnitResult]:
+        out: list[UnitResult] = []
+        try:
+            msg = self._results.get(timeout=timeout)
+            while True:
+                kind, index = msg[0], msg[1]
+                if kind == "progress":
+                    self._on_progress(msg[2], msg[3])
+                else:
+                    self._holding[index] = None
+                    out.append(msg[2])
+                msg = self._results.get_nowait()
+        except queue.Empty:
+            pass
+        for i, proc in enumerate(self._procs):
+            if not proc.is_alive() and self._holding[i] is not None:
+                unit = self._holding[i]
+                self._holding[i] = None
+                out.append(UnitResult(unit.key, unit.job.job_id, unit.kind, ok=False, exit_code=TransientError.exit_code,
+                                      error=f"worker process died (exit {proc.exitcode}) while running {unit.key}"))
+                self._start(i)
+        return out
+
+    def close(self, *, kill: bool = False) -> None:
+        for i, proc in enumerate(self._procs):
+            if kill:
+                proc.terminate()
+            else:
+                with contextlib.suppress(Exception):
+                    self._tasks[i].put(None)
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --------------------------------------------------------------------------- the coordinator
+
+
+@dataclass
+class _JobState:
+    job: Job
+    row: JobRow
+    prior_attempts: int = 0
+    units_total: int = 0
+    units_ok: int = 0
+    segments: list[Segment] | None = None
+    pieces: list[Path] = field(default_factory=list)
+    frames_planned: int | None = None
+    attempts: dict[str, int] = field(default_factory=dict)
+    failed: bool = False
+    busy: bool = False
+    started: float | None = None
+    compute_seconds: float = 0.0
+
+
+def run_batch(
+    inputs: Sequence[Path | str],
+    output_dir: Path,
+    *,
+    make_upscaler: Callable[[], Any],
+    settings: EncodeSettings = EncodeSettings(),
+    outscale: float | None = None,
+    hwaccel: str | None = None,
+    decoder: str = "pyav",
+    output_ext: str | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    retries: int = 2,
+    segment_frames: int | None = None,
+    segments: int | None = None,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: Progress | None = None,
+) -> BatchSummary:
+    """Upscale every input into ``output_dir`` (same name, the input's container or ``output_ext``).
+
+    ``make_upscaler``: picklable zero-argument callable returning an Upscaler (e.g.
+    :class:`UpscalerSpec`), called once per worker. ``segment_frames``/``segments`` cut each input
+    into frame-exact segments processed as separate units and joined at the end (resumable at
+    segment granularity). ``shard=(i, n)`` takes every n-th input starting at i (Slurm arrays).
+    ``progress`` gets the total frames (planned) and the frames done across all workers.
+    Returns the summary; its ``exit_code`` is 0 only when every job is done.
+
+    With ``workers > 1`` the workers are ``spawn``-ed: a script calling this must guard its entry
+    point with ``if __name__ == "__main__":`` (the CLI does), or each worker re-runs the script.
+    """
+    started = time.perf_counter()
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor {executor}: choose {' or '.join(EXECUTORS)}")
+    if workers < 1 or retries < 0:
+        raise UsageError("--workers must be >= 1 and --retries >= 0")
+    if segment_frames is not None and segments is not None:
+        raise UsageError("give --segment-frames or --segments, not both")
+    segmented = segment_frames is not None or segments is not None
+    if segmented and decoder != "pyav":
+        raise UsageError("--segment-frames/--segments decode with PyAV (they seek by keyframe); leave out --decoder dali")
+    output_dir = Path(output_dir)
+    sources = collect_inputs(inputs)
+    if shard is not None:
+        sources = sources[shard[0] :: shard[1]]
+    if executor == "ray":  # actors may run in another folder, or on another node
+        output_dir = output_dir.absolute()
+        sources = [s.absolute() for s in sources]
+    for source in sources:
+        if source.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            if source.parent.resolve() == output_dir.resolve() and source.suffix.lower() in VIDEO_EXTENSIONS:
+                raise UsageError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
+    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext)
+    jobs = plan_jobs(sources, output_dir, output_ext)
+    manifest = Manifest(output_dir)
+    options_fp = options_fingerprint(_options_record(options, make_upscaler))
+    progress = progress or Progress()
+
+    states: dict[str, _JobState] = {}
+    todo: deque[Unit] = deque()
+    records = manifest.jobs()
+    changes: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        record = records.get(job.job_id)
+        fp = input_fingerprint(job.source)
+        row = JobRow(str(job.source), str(job.target), "queued")
+        state = _JobState(job, row, prior_attempts=int((record or {}).get("attempts") or 0))
+        row.attempts = state.prior_attempts
+        states[job.job_id] = state
+        action, why = decide(record, target=job.target, input_fp=fp, options_fp=options_fp, overwrite=overwrite)
+        log.info("%s: %s (%s)", job.source, action, why)
+        if action == "skip":
+            row.state, row.frames, row.seconds = "skipped", record.get("frames"), record.get("seconds")
+            continue
+        if action == "fail":
+            code = (record or {}).get("exit_code") or 73
+            row.state, row.exit_code, row.error = "failed", code, why
+            changes[job.job_id] = {**(record or new_record(job.source, job.target, input_fp=fp, options_fp=options_fp)),
+                                   "state": "failed", "exit_code": code, "error": why, "finished_at": now_iso()}
+            continue
+        # An output this batch published before is ours to replace; anyone else's needs --overwrite.
+        unit_overwrite = overwrite or bool((record or {}).get("owned"))
+        base = {**new_record(job.source, job.target, input_fp=fp, options_fp=options_fp), "attempts": state.prior_attempts}
+        if not segmented:
+            todo.append(Unit("file", job, options, unit_overwrite, options_fp=options_fp))
+            state.units_total = 1
+            state.frames_planned = _frames_hint(job.source)
+            changes[job.job_id] = base
+            continue
+        try:
+            if not job.source.exists():
+                raise InputMissing(f"input {job.source} does not exist")
+            index = index_video(job.source)
+            plan = plan_segments(index, segment_frames=segment_frames, segments=segments)
+        except VsrError as err:
+            row.state, row.exit_code, row.error, row.attempts = "failed", err.exit_code, str(err), state.prior_attempts + 1
+            changes[job.job_id] = {**base, "state": "failed", "attempts": row.attempts, "exit_code": err.exit_code, "error": str(err), "finished_at": now_iso()}
+            continue
+        state.segments = plan
+        state.frames_planned = index.frames
+        state.units_total = len(plan)
+        row.segments = len(plan)
+        extra = {"source": fp, "options": options_fp}
+        fmt = container_format(job.target)
+        folder = output_dir / SEGMENTS_DIR / job.job_id
+        state.pieces = [piece_path(folder, seg, fmt) for seg in plan]
+        for seg in plan:
+            todo.append(Unit("segment", job, options, unit_overwrite, segment=seg, piece_extra=extra, options_fp=options_fp))
+        base["segments"] = {"total": len(plan), "done": 0}
+        changes[job.job_id] = base
+    if changes:
+        manifest.update_many(changes)
+
+    totals = [s.frames_planned for s in states.values() if s.units_total]
+    progress.start(sum(totals) if totals and all(t is not None for t in totals) else None)
+    unit_frames: dict[str, int] = {}
+    done_frames = [0]
+
+    def on_progress(key: str, frames: int) -> None:
+        done_frames[0] += frames - unit_frames.get(key, 0)
+        unit_frames[key] = frames
+        progress.update(done_frames[0])
+
+    pool = _make_executor(executor, workers, make_upscaler, output_dir, on_progress, ray_address) if todo else None
+    in_flight = 0
+    sent: dict[str, Unit] = {}
+    try:
+        while todo or in_flight:
+            while todo and in_flight < pool.slots:
+                unit = todo.popleft()
+                state = states[unit.job.job_id]
+                if state.failed:
+                    continue
+                if state.started is None:
+                    state.started = time.perf_counter()
+                    state.row.attempts += 1
+                    manifest.update(unit.job.job_id, state="running", started_at=now_iso(), attempts=state.row.attempts,
+                                    host=os.uname().nodename, pid=os.getpid())
+                state.attempts[unit.key] = state.attempts.get(unit.key, 0) + 1
+                sent[unit.key] = unit
+                pool.submit(unit)
+                in_flight += 1
+            for result in pool.results(timeout=0.2):
+                in_flight -= 1
+                _handle(result, sent.pop(result.key), states[result.job_id], todo, manifest, retries, options, on_progress)
+    except KeyboardInterrupt:
+        if pool is not None and isinstance(pool, _PoolExecutor):
+            pool.close(kill=True)
+            pool = None
+        raise Interrupted("batch interrupted; run the same command again to resume") from None
+    finally:
+        if pool is not None:
+            pool.close()
+        progress.close()
+
+    for state in states.values():
+        if state.row.state == "queued" and state.units_total:
+            # Every unit finished but the job neither failed nor joined: another process holds part of it.
+            state.row.state, state.row.exit_code = "busy", TransientError.exit_code
+            state.row.error = state.row.error or "part of this job is held by another vsr process; run again to finish it"
+    return BatchSummary([s.row for s in states.values()], time.perf_counter() - started)
+
+
+def _handle(result: UnitResult, unit: Unit, state: _JobState, todo: deque, manifest: Manifest, retries: int,
+            options: BatchOptions, on_progress) -> None:
+    row = state.row
+    state.compute_seconds += result.seconds
+    if result.busy:
+        state.busy = True
+        row.error = result.error
+        log.info("%s", result.error)
+        return
+    if not result.ok:
+        tries = state.attempts.get(result.key, 1)
+        on_progress(result.key, 0)  # its frames will be counted again by the retry
+        if result.exit_code in RETRY_IN_RUN and tries <= retries:
+            log.warning("%s failed (exit %d: %s); retry %d of %d", result.key, result.exit_code, result.error, tries, retries)
+            # A failed attempt may have left a partial output: replacing it is ours to do.
+            todo.appendleft(replace(unit, overwrite=True))
+            return
+        state.failed = True
+        row.state, row.exit_code, row.error = "failed", result.exit_code, result.error
+        row.attempts = max(row.attempts, state.prior_attempts + tries)
+        row.seconds = _elapsed(state)
+        manifest.update(state.job.job_id, state="failed", exit_code=result.exit_code, error=result.error,
+                        attempts=row.attempts, finished_at=now_iso(), seconds=row.seconds)
+        log.error("%s failed (exit %d): %s", state.job.source, result.exit_code, result.error)
+        return
+    if result.kind == "segment":
+        state.units_ok += 1
+        row.segments_reused += int(result.reused)
+        manifest.update(state.job.job_id, segments={"total": state.units_total, "done": state.units_ok, "reused": row.segments_reused})
+        if state.units_ok == state.units_total and not state.busy:
+            unit = Unit("join", state.job, options, overwrite=True, pieces=tuple(state.pieces), options_fp=unit.options_fp)
+            todo.appendleft(unit)
+        return
+    # a whole file, or the join of a segmented job: the job is done
+    row.state, row.exit_code, row.error = "done", 0, None
+    row.frames, row.seconds = result.frames, _elapsed(state)
+    row.attempts = max(row.attempts, state.prior_attempts + state.attempts.get(result.key, 1))
+    manifest.update(state.job.job_id, state="done", owned=True, exit_code=0, error=None, sha256=result.sha256, frames=result.frames,
+                    seconds=round(row.seconds, 3), fps=round(row.fps or 0.0, 3), finished_at=now_iso(), attempts=row.attempts)
+
+
+def _elapsed(state: _JobState) -> float:
+    return time.perf_counter() - state.started if state.started is not None else 0.0
+
+
+def _frames_hint(path: Path) -> int | None:
+    from ..media.decode import open_input
+
+    try:
+        container, info = open_input(path)
+    except VsrError:
+        return None
+    container.close()
+    return info.frames_hint
+
+
+def _options_record(options: BatchOptions, make_upscaler) -> dict[str, Any]:
+    model = make_upscaler.fingerprint() if hasattr(make_upscaler, "fingerprint") else repr(make_upscaler)
+    return {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+
+
+def _make_executor(kind: str, workers: int, make_upscaler, output_dir: Path, on_progress, ray_address: str | None):
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(workers, make_upscaler, output_dir, on_progress, address=ray_address)
+    if workers == 1:
+        return _InlineExecutor(make_upscaler, output_dir, on_progress)
+    return _PoolExecutor(workers, make_upscaler, output_dir, on_progress)

@@ -1,0 +1,630 @@
+"""Frame-exact segments of one long video: plan, encode each piece on its own, join by remuxing.
+
+Plan (:func:`index_video`, :func:`plan_segments`): the video stream's packets are read once without
+decoding; their pts, sorted, are the frames in presentation order, and the keyframe flags say where
+a decoder can start. A segment is a half-open pts range ``[start, end)`` holding ``segment_frames``
+frames (or a K-th of them). Ranges are in pts, not counts, so every decoded frame belongs to exactly
+one segment whatever the index got wrong.
+
+Encode (:func:`encode_segment`): seek to the keyframe at or before the first frame, decode, drop the
+frames before the range, upscale exactly the range's frames and encode them, with their original pts
+and time base, into ``<outdir>/.vsr-segments/<job>/NNNN<ext>`` (the output's own container, so the
+encoder runs with the same global-header choice as a single ``vsr run``). The piece is written to a
+temporary name and published with a JSON sidecar (vsr.engines.cache.publish_artifact): a piece
+with a sidecar whose SHA-256 matches is complete, anything else is redone. The sidecar keeps what
+the encoder produced for each packet (pts, dts, duration in the encoder's time base), because
+containers may shift a piece's timestamps (MP4 edit lists) or round them (Matroska's 1 ms).
+
+Join (:func:`join_segments`): the output is set up exactly like ``vsr run`` sets it up (same
+Muxer: encoder opened with the same options, copied audio/subtitle/attachment streams, metadata,
+chapters); the pieces' video packets are remuxed into it without re-encoding, with their recorded
+pts, and the source's other streams are copied once. DTS are re-derived over the whole stream
+(each piece's encoder started its DTS below its first pts), and each piece's codec headers
+(extradata) must equal the output encoder's, so a decoder sees one consistent stream.
+
+Pixels: the decoded frames each piece feeds the network are the frames a single run feeds it, so
+the network's output is the same. Lossy encoders place keyframes differently in pieces than in one
+long encode, so the encoded bits (and decoded pixels) of a lossy output differ slightly from a
+single run; with a lossless encoder (libx264 ``qp=0``) the decoded output is identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from .. import color
+from ..engines.cache import check_artifact, publish_artifact, read_sidecar
+from ..errors import InputError, VsrError
+from ..frame import Frame, VideoInfo
+from ..media.decode import CopiedPacket, iter_media, open_input
+from ..media.encode import EncodeSettings, Muxer, container_format, plan_encoder, planar_source
+from ..paths import publish
+from ..pipeline import QUEUE_FRAMES, Transfer, host_frames, output_size, planes_to_rgb, rgb_to_planes
+from ..upscale import Upscaler, resample
+
+log = logging.getLogger(__name__)
+
+SEGMENTS_DIR = ".vsr-segments"
+PIECE_SCHEMA = "vsr-piece/1"
+
+
+# --------------------------------------------------------------------------- index and plan
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """The video stream's frames in presentation order, from its packets (no decoding)."""
+
+    pts: tuple[int, ...]
+    keyframes: tuple[int, ...]  # pts of keyframe packets, ascending
+    time_base: Fraction
+    usable: bool  # every packet had a pts and no pts repeats: pts ranges can split it exactly
+    reason: str = ""
+
+    @property
+    def frames(self) -> int:
+        return len(self.pts)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames with ``start_pts <= pts < end_pts`` (None: open end), decoded from ``seek_pts``."""
+
+    index: int
+    start_pts: int | None
+    end_pts: int | None
+    frames: int  # planned, from the index
+    seek_pts: int | None  # keyframe at or before start_pts; None: decode from the beginning
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "start_pts": self.start_pts, "end_pts": self.end_pts, "frames": self.frames, "seek_pts": self.seek_pts}
+
+
+def index_video(path: Path) -> VideoIndex:
+    """Read every packet of the video stream (not decoded) for :func:`plan_segments`.
+
+    Raises the input errors of :func:`vsr.media.decode.open_input` (exit 65/66). A damaged tail
+    ends the index where reading stopped (the last segment is open-ended, so nothing is lost).
+    """
+    container, info = open_input(path)
+    try:
+        video = container.streams[info.stream_index]
+        pts: list[int] = []
+        keys: list[int] = []
+        missing = 0
+        try:
+            for packet in container.demux(video):
+                if not packet.size:
+                    continue
+                if packet.pts is None:
+                    missing += 1
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        except av.error.FFmpegError as err:
+            log.warning("input %s: indexing stopped after %d packets (%s); the rest goes into the last segment", path, len(pts), err)
+    finally:
+        container.close()
+    if not pts and not missing:
+        raise InputError(f"input {path}: the video stream holds no packets")
+    ordered = sorted(pts)
+    reason = ""
+    if missing:
+        reason = f"{missing} video packets have no timestamp"
+    elif len(set(ordered)) != len(ordered):
+        reason = "some video packets share a timestamp"
+    elif not keys:
+        reason = "no keyframe flags"
+    return VideoIndex(tuple(ordered), tuple(sorted(keys)), info.time_base, usable=not reason, reason=reason)
+
+
+def plan_segments(index: VideoIndex, *, segment_frames: int | None = None, segments: int | None = None) -> list[Segment]:
+    """Split the indexed frames into ranges of ``segment_frames`` frames, or into ``segments`` about
+    equal ranges. An index that cannot be split exactly gives one segment (the whole video)."""
+    if (segment_frames is None) == (segments is None):
+        raise ValueError("give exactly one of segment_frames and segments")
+    if (segment_frames is not None and segment_frames < 1) or (segments is not None and segments < 1):
+        raise ValueError("segment_frames and segments must be >= 1")
+    n = index.frames
+    if not index.usable or n == 0:
+        if index.reason:
+            log.warning("cannot split this video into segments (%s); it is processed as one segment", index.reason)
+        return [Segment(0, None, None, n, None)]
+    size = segment_frames if segment_frames is not None else -(-n // segments)
+    starts = list(range(0, n, size))
+    plan = []
+    for i, first in enumerate(starts):
+        last = starts[i + 1] if i + 1 < len(starts) else n
+        start_pts = None if i == 0 else index.pts[first]
+        end_pts = None if i + 1 == len(starts) else index.pts[last]
+        seek = None
+        if start_pts is not None:
+            before = [k for k in index.keyframes if k <= start_pts]
+            seek = before[-1] if before else None
+        plan.append(Segment(i, start_pts, end_pts, last - first, seek))
+    return plan
+
+
+# Pieces must hold the encoder's packets byte for byte. MP4/Matroska rewrite H.264/HEVC packets
+# (Annex B -> length-prefixed), and the output muxer would then misread them, so pieces of outputs
+# in a global-header container go into NUT (same global-header encoder setup, packets kept as
+# they are); MPEG-TS outputs (in-band headers) get MPEG-TS pieces.
+_PIECE_EXT = {"nut": ".nut", "mpegts": ".ts"}
+_AVFMT_GLOBALHEADER = 0x0040  # libavformat/avformat.h
+
+
+def piece_format(fmt: str) -> str:
+    """The container a piece of a ``fmt`` output is written in."""
+    global_header = av.format.ContainerFormat(fmt, "w").flags & _AVFMT_GLOBALHEADER
+    return "nut" if global_header else fmt
+
+
+def piece_path(folder: Path, segment: Segment, fmt: str) -> Path:
+    """``folder/NNNN.<ext>`` for segment ``segment`` of a ``fmt`` output."""
+    pfmt = piece_format(fmt)
+    return Path(folder) / f"{segment.index:04d}{_PIECE_EXT.get(pfmt, '.' + pfmt)}"
+
+
+# --------------------------------------------------------------------------- decoding a range
+
+
+class _SeekMissed(Exception):
+    """The demuxer's seek landed after the first frame of the range (imprecise index, e.g. MPEG-TS)."""
+
+
+def iter_segment_frames(path: Path, segment: Segment, *, hwaccel: str | None = None) -> Iterator[tuple[VideoInfo, Frame]]:
+    """Decoded frames of ``segment`` (and the source's info), exactly its pts range, in order.
+
+    Seeks to the keyframe at or before the range; if the demuxer lands after the range's first
+    frame, it decodes from the beginning instead (slower, still exact).
+    """
+    for attempt in ("seek", "from the start"):
+        container, info = open_input(path, hwaccel=hwaccel)
+        try:
+            if attempt == "seek" and segment.seek_pts is not None:
+                container.seek(segment.seek_pts, stream=container.streams[info.stream_index], backward=True, any_frame=False)
+            elif attempt == "seek" and segment.start_pts is not None:
+                continue  # no keyframe before the range in the index: only a full decode is exact
+            try:
+                yield from _frames_in_range(container, info, segment, check_seek=attempt == "seek")
+                return
+            except _SeekMissed as missed:
+                log.info("segment %d of %s: %s; decoding from the start", segment.index, path, missed)
+        finally:
+            container.close()
+
+
+class _NotTruncated(logging.Filter):
+    """iter_media compares the frames it read with the header's count; a last segment read from
+    a keyframe mid-file reads fewer by design, which is not a truncated file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ended early" not in str(record.msg)
+
+
+def _frames_in_range(container, info: VideoInfo, segment: Segment, *, check_seek: bool) -> Iterator[tuple[VideoInfo, Frame]]:
+    start, end = segment.start_pts, segment.end_pts
+    first = True
+    items = iter_media(container, info, copy_streams=())
+    quiet = _NotTruncated()
+    decode_log = logging.getLogger(iter_media.__module__)
+    if segment.seek_pts is not None or start is not None:
+        decode_log.addFilter(quiet)
+    try:
+        while True:
+            try:
+                frame = next(items)
+            except StopIteration:
+                if first and check_seek and segment.seek_pts is not None:
+                    raise _SeekMissed(f"nothing decoded after seeking to pts {segment.seek_pts}") from None
+                return
+            except InputError as err:
+                if first and check_seek and segment.seek_pts is not None:
+                    raise _SeekMissed(f"nothing decoded after seeking to pts {segment.seek_pts} ({err})") from None
+                raise
+            if (start is not None or end is not None) and frame.pts is None:
+                raise VsrError(f"input {info.path}: a decoded frame has no timestamp, so segment {segment.index} cannot be cut exactly; run without segments")
+            if first and check_seek and start is not None and frame.pts > start:
+                raise _SeekMissed(f"seek to pts {segment.seek_pts} landed at pts {frame.pts}, after the range start {start}")
+            first = False
+            if start is not None and frame.pts < start:
+                continue
+            if end is not None and frame.pts >= end:
+                return  # frames come in presentation order: the range is complete
+            yield info, frame
+    finally:
+        items.close()
+        decode_log.removeFilter(quiet)
+
+
+# --------------------------------------------------------------------------- encoding a piece
+
+
+class _OneStream:
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        yield self._stream
+
+    def __getitem__(self, index: int):
+        if index != self._stream.index:
+            raise IndexError(index)
+        return self._stream
+
+
+class _VideoOnlySource:
+    """The source as a piece's Muxer sees it: only the video stream, no metadata or chapters."""
+
+    def __init__(self, container, stream_index: int):
+        self.streams = _OneStream(container.streams[stream_index])
+        self.metadata: dict[str, str] = {}
+
+
+class _RecordingMuxer(Muxer):
+    """A Muxer that also remembers each video packet's timestamps as the encoder made them."""
+
+    def __init__(self, *args, **kwargs):
+        self.records: list[tuple[int | None, int | None, int]] = []
+        self.packet_time_base: Fraction | None = None
+        super().__init__(*args, **kwargs)
+
+    def _mux(self, packets) -> None:
+        packets = list(packets)
+        for packet in packets:
+            if packet.stream is self.video:
+                tb = Fraction(packet.time_base) if packet.time_base else None
+                if self.packet_time_base is None:
+                    self.packet_time_base = tb
+                elif tb != self.packet_time_base:
+                    raise VsrError(f"the {self.codec} encoder changed its packet time base mid-piece; run without segments")
+                self.records.append((packet.pts, packet.dts, packet.duration or 0))
+        super()._mux(packets)
+
+
+class _JoinMuxer(Muxer):
+    """A Muxer whose video packets are already encoded (the pieces') instead of encoded here."""
+
+    def write_video_packet(self, packet: av.Packet) -> None:
+        packet.stream = self.video
+        self._mux([packet])
+        self.stats.frames += 1
+
+
+def _fit(out, size: tuple[int, int], resize: bool):
+    # Same as the pipeline: --outscale resamples; an even-ized size gets a replicated edge.
+    if resize:
+        return resample(out, *size)
+    pad_h, pad_w = size[0] - out.shape[-2], size[1] - out.shape[-1]
+    if pad_h or pad_w:
+        import torch
+
+        out = torch.nn.functional.pad(out, (0, pad_w, 0, pad_h), mode="replicate")
+    return out
+
+
+def encode_segment(
+    source: Path,
+    segment: Segment,
+    piece: Path,
+    *,
+    upscaler: Upscaler,
+    settings: EncodeSettings = EncodeSettings(),
+    outscale: float | None = None,
+    hwaccel: str | None = None,
+    fmt: str,
+    extra: dict[str, Any] | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Upscale and encode one segment into ``piece`` (published with its sidecar); returns the sidecar.
+
+    ``fmt`` is the final output's container format. ``extra`` goes into the sidecar (the caller's
+    fingerprints, checked before a piece is reused). ``on_frame(n)`` gets the frames encoded so far.
+    """
+    piece = Path(piece)
+    piece.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp(piece)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, fmt=fmt, on_frame=on_frame)
+        return {**(extra or {}), **meta}
+
+    return publish_artifact(piece, build, key=f"{PIECE_SCHEMA}:{segment.index}")
+
+
+def _remove_stale_temp(piece: Path) -> None:
+    # Leftovers of a killed run; the caller holds this segment's lease, so nobody else writes them.
+    for tmp in piece.parent.glob(f".{piece.name}*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    for tmp in piece.parent.glob(f".{piece.name}.json*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, fmt: str, on_frame) -> dict[str, Any]:
+    frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel)
+    first = next(frames_iter, None)
+    if first is None:
+        raise VsrError(f"segment {segment.index} of {source} decoded no frame (the index promised {segment.frames}); run without segments")
+    info, _ = first
+    codec, pix_fmt = plan_encoder(fmt, info, settings)
+    width, height = output_size(info, upscaler.scale, outscale, planar_source(pix_fmt)[0])
+    out_colour = color.for_output(info.colour, pix_fmt)
+    # The container reads the video stream only; audio/subtitles are copied once, at the join.
+    container = av.open(str(source))
+    try:
+        muxer = _RecordingMuxer(
+            tmp, fmt=piece_format(fmt), info=info, source=_VideoOnlySource(container, info.stream_index), width=width, height=height,
+            settings=replace(settings, audio=False, subtitles=False), codec=codec, pix_fmt=pix_fmt, colour=out_colour,
+        )
+    finally:
+        container.close()
+    extradata = bytes(muxer.video.codec_context.extradata or b"")
+
+    def all_frames() -> Iterator[Frame]:
+        yield first[1]
+        for _, frame in frames_iter:
+            yield frame
+
+    try:
+        decoded = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, (height, width), outscale is not None, on_frame)
+        stats = muxer.finish()
+    except BaseException:
+        muxer.abort()
+        raise
+    finally:
+        frames_iter.close()
+    if stats.frames != decoded or stats.video_packets != stats.frames or len(muxer.records) != stats.frames:
+        raise VsrError(f"segment {segment.index} of {source}: {decoded} frames decoded, {stats.frames} encoded, {stats.video_packets} packets; not published (please report this)")
+    if decoded != segment.frames:
+        log.warning("segment %d of %s: %d frames decoded where the index counted %d packets", segment.index, source, decoded, segment.frames)
+    tb = muxer.packet_time_base or info.time_base
+    return {
+        "schema": PIECE_SCHEMA, "segment": segment.as_dict(), "frames": stats.frames, "codec": codec, "pix_fmt": pix_fmt,
+        "width": width, "height": height, "format": fmt, "time_base": f"{tb.numerator}/{tb.denominator}",
+        "extradata": extradata.hex(), "packets": muxer.records,
+    }
+
+
+def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, size, resize: bool, on_frame) -> int:
+    """Batches through the network on this thread; encoding on a second thread (PyAV and torch
+    release the GIL, so they overlap). Returns the number of frames decoded."""
+    device = upscaler.engine.device
+    transfer = Transfer(device)
+    work: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    failed: list[BaseException] = []
+    stop = threading.Event()
+    _END = object()
+
+    def encoder() -> None:
+        try:
+            while True:
+                item = work.get()
+                if item is _END:
+                    return
+                host, ready, stamps = item
+                if ready is not None:
+                    ready()
+                for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
+                    muxer.write_frame(planes, pts, time_base)
+                    if on_frame is not None:
+                        on_frame(muxer.stats.frames)
+        except BaseException as err:  # handed to the computing thread
+            failed.append(err)
+            stop.set()
+
+    def put(item) -> None:
+        while True:
+            if stop.is_set():
+                raise failed[0]
+            try:
+                work.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def flush(group: list[Frame]) -> None:
+        out = _fit(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
+        host, ready = transfer.download(rgb_to_planes(out, muxer.planar_fmt, colour))
+        put((host, ready, [(f.pts, f.time_base) for f in group]))
+
+    thread = threading.Thread(target=encoder, name="vsr-segment-encode", daemon=True)
+    thread.start()
+    count = 0
+    try:
+        pending: list[Frame] = []
+        for frame in frames:
+            count += 1
+            if pending and (frame.pix_fmt, frame.colour) != (pending[0].pix_fmt, pending[0].colour):
+                flush(pending)
+                pending = []
+            pending.append(frame)
+            if len(pending) == upscaler.batch:
+                flush(pending)
+                pending = []
+        if pending:
+            flush(pending)
+        put(_END)
+    except BaseException:
+        stop.set()
+        with contextlib.suppress(queue.Full):
+            work.put_nowait(_END)
+        thread.join(timeout=30)
+        raise
+    thread.join()
+    if failed:
+        raise failed[0]
+    return count
+
+
+# --------------------------------------------------------------------------- reuse and join
+
+
+def piece_status(piece: Path, expected: dict[str, Any]) -> tuple[bool, str]:
+    """(reusable, why): the piece is complete (sidecar, size and SHA-256 match) and its sidecar
+    holds the same values as ``expected`` (segment range, fingerprints) for every key given."""
+    ok, reason = check_artifact(piece)
+    if not ok:
+        return False, reason
+    meta = read_sidecar(piece) or {}
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            return False, f"its {key} differs"
+    return True, "complete"
+
+
+def _join_dts(pieces: list[dict[str, Any]]) -> list[list[int]]:
+    """DTS for every packet of the joined stream, per piece.
+
+    Each piece's encoder began its DTS ``d`` packets before its first pts (its reorder delay), so
+    piece k+1's first DTS can fall below piece k's last. Over the whole stream, with ``D`` the
+    largest delay, the i-th packet in decode order gets the (i-D)-th smallest pts: increasing, and
+    never after the packet's own pts (the i-th decoded frame of a stream with reorder depth D cannot
+    be shown before the (i-D)-th frame). The first D packets count back from the first pts.
+    """
+    all_pts: list[int] = []
+    delay = 0
+    for meta in pieces:
+        pts = [p[0] for p in meta["packets"]]
+        dts = [p[1] if p[1] is not None else p[0] for p in meta["packets"]]
+        low = min(pts)
+        delay = max(delay, sum(1 for d in dts if d < low))
+        all_pts.extend(pts)
+    ordered = sorted(all_pts)
+    step = ordered[1] - ordered[0] if len(ordered) > 1 else 1
+    joined = [ordered[0] - (delay - i) * step if i < delay else ordered[i - delay] for i in range(len(all_pts))]
+    for i, (d, p) in enumerate(zip(joined, all_pts, strict=True)):
+        if d > p or (i and d <= joined[i - 1]):
+            raise VsrError("the pieces' timestamps cannot be joined into one valid stream (decode order vs pts); run without segments (please report this)")
+    out, at = [], 0
+    for meta in pieces:
+        n = len(meta["packets"])
+        out.append(joined[at : at + n])
+        at += n
+    return out
+
+
+def _parse_fraction(text: str) -> Fraction:
+    num, den = text.split("/")
+    return Fraction(int(num), int(den))
+
+
+def join_segments(
+    source: Path,
+    pieces: list[Path],
+    target: Path,
+    *,
+    settings: EncodeSettings = EncodeSettings(),
+    overwrite: bool = False,
+) -> int:
+    """Remux the pieces (in order) and the source's audio/subtitles into ``target``; returns frames.
+
+    The output is published (renamed from ``<target>.partial``) only when every piece verified and
+    the video packet count equals the sum of the pieces' frames.
+    """
+    metas = []
+    for piece in pieces:
+        ok, reason = check_artifact(piece)
+        if not ok:
+            raise VsrError(f"segment piece {piece} is not complete ({reason}); run the batch again to redo it")
+        metas.append(read_sidecar(piece))
+    fmt = container_format(target)
+    if fmt is None or any(m["format"] != fmt for m in metas):
+        raise VsrError(f"the pieces of {target} were written for another container; run the batch again")
+    container, info = open_input(source)
+    try:
+        codec, pix_fmt = plan_encoder(fmt, info, settings)
+        first = metas[0]
+        if any((m["codec"], m["pix_fmt"], m["width"], m["height"]) != (codec, pix_fmt, first["width"], first["height"]) for m in metas):
+            raise VsrError(f"the pieces of {target} were encoded with other settings; run the batch again")
+        colour = color.for_output(info.colour, pix_fmt)
+        dts = _join_dts(metas)
+        total = sum(m["frames"] for m in metas)
+        with publish(target, overwrite=overwrite) as partial:
+            muxer = _JoinMuxer(
+                partial, fmt=fmt, info=info, source=container, width=first["width"], height=first["height"],
+                settings=settings, codec=codec, pix_fmt=pix_fmt, colour=colour,
+            )
+            try:
+                headers = bytes(muxer.video.codec_context.extradata or b"").hex()
+                for piece, meta in zip(pieces, metas, strict=True):
+                    if meta["extradata"] != headers:
+                        raise VsrError(
+                            f"piece {piece.name} has other codec headers than the output encoder ({codec} with these options "
+                            "does not give identical headers); run without segments"
+                        )
+                video = _piece_packets(pieces, metas, dts)
+                copied = _copied_packets(container, muxer.copied_indices)
+                for kind, item in _interleave(video, copied):
+                    if kind == "v":
+                        muxer.write_video_packet(item)
+                    else:
+                        muxer.write_packet(item)
+                stats = muxer.finish()
+            except BaseException:
+                muxer.abort()
+                raise
+            if stats.frames != total or stats.video_packets != total:
+                raise VsrError(f"join of {target}: {stats.video_packets} video packets written for {total} frames in the pieces; not published (please report this)")
+    finally:
+        container.close()
+    return total
+
+
+def _piece_packets(pieces: list[Path], metas: list[dict[str, Any]], dts: list[list[int]]) -> Iterator[tuple[Fraction, av.Packet]]:
+    for piece, meta, piece_dts in zip(pieces, metas, dts, strict=True):
+        tb = _parse_fraction(meta["time_base"])
+        records = meta["packets"]
+        with av.open(str(piece)) as c:
+            stream = c.streams.video[0]
+            n = 0
+            for packet in c.demux(stream):
+                if not packet.size:
+                    continue
+                if n >= len(records):
+                    raise VsrError(f"piece {piece} holds more video packets than its sidecar lists; run the batch again")
+                pts, _, duration = records[n]
+                packet.pts, packet.dts, packet.duration = pts, piece_dts[n], duration
+                packet.time_base = tb
+                n += 1
+                yield Fraction(piece_dts[n - 1]) * tb, packet
+            if n != len(records):
+                raise VsrError(f"piece {piece} holds {n} video packets, its sidecar lists {len(records)}; run the batch again")
+
+
+def _copied_packets(container, indices: list[int]) -> Iterator[tuple[Fraction | None, CopiedPacket]]:
+    streams = [container.streams[i] for i in indices if container.streams[i].type != "attachment"]
+    if not streams:
+        return
+    for packet in container.demux(streams):
+        if not packet.size:
+            continue
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        key = Fraction(stamp) * Fraction(packet.time_base) if stamp is not None and packet.time_base else None
+        yield key, CopiedPacket(packet, packet.stream.index)
+
+
+def _interleave(video: Iterator, copied: Iterator) -> Iterator[tuple[str, Any]]:
+    """Both packet streams in about time order (the muxer's interleaver does the fine ordering);
+    keeps memory flat instead of writing all video first."""
+    pending_copy = next(copied, None)
+    for vkey, packet in video:
+        while pending_copy is not None and (pending_copy[0] is None or pending_copy[0] <= vkey):
+            yield "c", pending_copy[1]
+            pending_copy = next(copied, None)
+        yield "v", packet
+    while pending_copy is not None:
+        yield "c", pending_copy[1]
+        pending_copy = next(copied, None)

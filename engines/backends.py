@@ -45,6 +45,8 @@ def create_engine(
     engine_path: Path | None = None,
     batch: int = 4,
     tile: int = 0,
+    compile: bool | str = False,
+    cuda_graphs: bool = False,
 ) -> Engine:
     """Build the engine ``backend`` (already resolved, not ``auto``) for ``model_ref``.
 
@@ -54,10 +56,12 @@ def create_engine(
 
     if engine_path is not None and backend == "torch":
         raise UsageError("--engine is for --backend onnxruntime or tensorrt; torch runs --model directly")
+    if (compile or cuda_graphs) and backend != "torch":
+        raise UsageError(f"--compile and --cuda-graphs are torch options; --backend {backend} optimises on its own")
     if backend == "torch":
         from .torch_engine import TorchEngine
 
-        return TorchEngine(models.load(model_ref), device=device, dtype=dtype)
+        return TorchEngine(models.load(model_ref), device=device, dtype=dtype, compile=compile, cuda_graphs=cuda_graphs)
     if backend == "onnxruntime":
         from .ort_engine import OrtEngine
 

@@ -21,7 +21,8 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m vsr env | tee "$OUT/env.txt"
 
-VSR_REQUIRE_CUDA=1 python3 -m pytest -q tests/test_gpu.py tests/test_tiling.py tests/test_kernels.py tests/test_color.py 2>&1 | tee "$OUT/gpu-tests.txt" | tail -15
+VSR_REQUIRE_CUDA=1 python3 -m pytest -q tests/test_gpu.py tests/test_tiling.py tests/test_kernels.py tests/test_color.py \
+  tests/test_torch_engine.py tests/test_engines.py tests/test_tensorrt.py tests/test_dali.py 2>&1 | tee "$OUT/gpu-tests.txt" | tail -15
 
 for precision in fp32 fp16 bf16; do
   python3 scripts/bench_models.py --device cuda --precision "$precision" --size 270x480 --size 540x960 --repeat 10 \
@@ -31,6 +32,12 @@ for precision in fp16 bf16; do
   python3 scripts/bench_video.py --device cuda --precision "$precision" --model realesr-animevideov3 --batch 8 \
     2>&1 | tee "$OUT/bench-video-$precision.txt"
 done
+for precision in fp16 bf16; do
+  python3 scripts/bench_engines.py --device cuda --model realesrgan-x4plus --backend torch --precision "$precision" \
+    --mode eager,compiled,graphs --size 540x960 --size 360x640 --repeat 20 2>&1 | tee "$OUT/bench-engines-$precision.txt"
+done
+python3 scripts/bench_engines.py --device cuda --model realesrgan-x4plus --backend tensorrt,onnxruntime --precision fp16 \
+  --size 540x960 --size 360x640 --repeat 20 2>&1 | tee "$OUT/bench-engines-trt.txt"
 echo "== summary =="
 tail -n 1 "$OUT/gpu-tests.txt"
 cat "$OUT"/bench-*.txt

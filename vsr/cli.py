@@ -101,6 +101,8 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto", help="auto (default): TensorRT when it is installed and the device is a GPU, else torch")
     parser.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
+    parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE", help="torch on CUDA: torch.compile the network (default mode max-autotune-no-cudagraphs)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: capture and replay CUDA graphs per tile shape")
     video = parser.add_argument_group("video output")
     video.add_argument("--codec", help="video encoder: libx264 (default; libvpx-vp9 for .webm), libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
     video.add_argument("--crf", type=float, help="constant quality (lower is better; default 18 x264, 20 x265, 30 svtav1/vp9; cq for nvenc)")
@@ -343,6 +345,7 @@ def _upscaler_spec(args: argparse.Namespace, precision: str):
     return UpscalerSpec(
         model=args.model, device=args.device, precision=precision, backend=args.backend,
         engine_path=str(args.engine) if args.engine else None, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
+        compile=args.compile, cuda_graphs=args.cuda_graphs,
     )
 
 

@@ -72,6 +72,8 @@ class UpscalerSpec:
     tile: int = 0
     tile_overlap: int = 16
     batch: int = 4
+    compile: bool | str = False
+    cuda_graphs: bool = False
 
     def __call__(self):
         from ..device import resolve_device, resolve_dtype
@@ -83,6 +85,7 @@ class UpscalerSpec:
         engine = create_engine(
             backend, model_ref=self.model, device=device, dtype=resolve_dtype(self.precision),
             engine_path=Path(self.engine_path) if self.engine_path else None, batch=self.batch, tile=self.tile,
+            compile=self.compile, cuda_graphs=self.cuda_graphs,
         )
         return Upscaler(engine, tile=self.tile, overlap=self.tile_overlap, batch=self.batch)
 

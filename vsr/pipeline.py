@@ -400,7 +400,7 @@ def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: Vide
     transfer = Transfer(device)
 
     def flush(group: list[Frame]) -> None:
-        out = _fit(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
+        out = fit_output(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
         host, ready = transfer.download(rgb_to_planes(out, planar_fmt, colour))
         computed.put((host, ready, [(f.pts, f.time_base) for f in group]), len(group))
 
@@ -424,7 +424,7 @@ def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: Vide
             pending = []
 
 
-def _fit(out: torch.Tensor, size: tuple[int, int], resize: bool) -> torch.Tensor:
+def fit_output(out: torch.Tensor, size: tuple[int, int], resize: bool) -> torch.Tensor:
     """``--outscale`` resamples; otherwise a size made even for 4:2:0 gains a replicated edge row/column."""
     if resize:
         return resample(out, *size)

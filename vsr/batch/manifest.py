@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..engines.cache import sha256_file
 from ..errors import OutputError, TransientError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ RETRY_IN_RUN = frozenset({1, 74, 75})
 # come before permanent ones so a scheduler re-queues a shard that still has work it can finish.
 SEVERITY = (130, 1, 69, 74, 75, 73, 78, 2, 66, 65)
 LOCK_TIMEOUT = 120.0
-_CHUNK = 1 << 20
 
 
 def now_iso() -> str:
@@ -65,14 +65,6 @@ def worst_exit_code(codes) -> int:
         return 0
     rank = {code: i for i, code in enumerate(SEVERITY)}
     return min(codes, key=lambda c: rank.get(c, -1))  # an unknown code counts as worst
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def input_fingerprint(path: Path) -> dict[str, int] | None:

@@ -49,8 +49,8 @@ from ..frame import Frame, VideoInfo
 from ..media.decode import CopiedPacket, iter_media, open_input
 from ..media.encode import EncodeSettings, Muxer, container_format, plan_encoder, planar_source
 from ..paths import publish
-from ..pipeline import QUEUE_FRAMES, Transfer, host_frames, output_size, planes_to_rgb, rgb_to_planes
-from ..upscale import Upscaler, resample
+from ..pipeline import QUEUE_FRAMES, Transfer, fit_output, host_frames, output_size, planes_to_rgb, rgb_to_planes
+from ..upscale import Upscaler
 
 log = logging.getLogger(__name__)
 
@@ -302,18 +302,6 @@ class _JoinMuxer(Muxer):
         self.stats.frames += 1
 
 
-def _fit(out, size: tuple[int, int], resize: bool):
-    # Same as the pipeline: --outscale resamples; an even-ized size gets a replicated edge.
-    if resize:
-        return resample(out, *size)
-    pad_h, pad_w = size[0] - out.shape[-2], size[1] - out.shape[-1]
-    if pad_h or pad_w:
-        import torch
-
-        out = torch.nn.functional.pad(out, (0, pad_w, 0, pad_h), mode="replicate")
-    return out
-
-
 def encode_segment(
     source: Path,
     segment: Segment,
@@ -436,7 +424,7 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
                 continue
 
     def flush(group: list[Frame]) -> None:
-        out = _fit(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
+        out = fit_output(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
         host, ready = transfer.download(rgb_to_planes(out, muxer.planar_fmt, colour))
         put((host, ready, [(f.pts, f.time_base) for f in group]))
 

@@ -333,8 +333,7 @@ def test_exitcode_wrapper_maps_vsr_codes_to_scheduler_semantics(code, expected):
 
 
 def test_ray_executor_on_a_local_cluster(tmp_path, spec, long_clip, single_run):
-    """Segments as tasks on two CPU actors of a Ray started here. Ray is heavy (about 360 MB with
-    its [default] extra), so this runs only where it is installed."""
+    """Segments as tasks on two CPU actors of a Ray started here (ray is in the test extra)."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,13 +343,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
             if isinstance(item, CopiedPacket):
                 muxer.write_packet(item)
                 continue
-            host, ready, stamps = item
-            if ready is not None:
-                ready()  # the device-to-host copy of this batch
-            for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
-                muxer.write_frame(planes, pts, time_base)
-                if on_frame is not None:
-                    on_frame(muxer.stats.frames)
+            write_batch(muxer, item, on_frame)
 
     def wake() -> None:
         decoded.wake()
@@ -395,33 +389,66 @@ def _raise_stage_errors(stages: list[_Stage]) -> None:
 
 
 def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: VideoInfo, colour, planar_fmt: str, size: tuple[int, int], resize: bool) -> None:
-    """The calling thread's loop: batches of ``upscaler.batch`` frames through the network."""
-    device = upscaler.engine.device
-    transfer = Transfer(device)
+    """The calling thread's loop: batches of ``upscaler.batch`` frames through the network;
+    copied packets are passed on to the encode thread as they come."""
+    compute = BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, size=size, resize=resize)
 
-    def flush(group: list[Frame]) -> None:
-        out = fit_output(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
-        host, ready = transfer.download(rgb_to_planes(out, planar_fmt, colour))
-        computed.put((host, ready, [(f.pts, f.time_base) for f in group]), len(group))
+    def frames() -> Iterator[Frame]:
+        while True:
+            item = decoded.get()
+            if Channel.is_end(item):
+                return
+            if isinstance(item, CopiedPacket):
+                computed.put(item, 0)
+            else:
+                yield item
 
+    for group in frame_batches(frames(), upscaler.batch):
+        computed.put(compute(group), len(group))
+
+
+def frame_batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Consecutive frames in groups of up to ``size``. Some streams switch pixel format or colour
+    tags mid-file; a group never mixes them (one conversion per group)."""
     pending: list[Frame] = []
-    while True:
-        item = decoded.get()
-        if isinstance(item, CopiedPacket):
-            computed.put(item, 0)
-            continue
-        if Channel.is_end(item):
-            if pending:
-                flush(pending)
-            return
-        if pending and (item.pix_fmt, item.colour) != (pending[0].pix_fmt, pending[0].colour):
-            # Some streams switch pixel format or colour tags mid-file; a batch holds one of each.
-            flush(pending)
+    for frame in frames:
+        if pending and (frame.pix_fmt, frame.colour) != (pending[0].pix_fmt, pending[0].colour):
+            yield pending
             pending = []
-        pending.append(item)
-        if len(pending) == upscaler.batch:
-            flush(pending)
+        pending.append(frame)
+        if len(pending) == size:
+            yield pending
             pending = []
+    if pending:
+        yield pending
+
+
+class BatchCompute:
+    """One group of frames through colour conversion, the network and back: returns what the
+    encode side takes (:func:`write_batch`): host planes, a wait function for their copy, and the
+    frames' timestamps."""
+
+    def __init__(self, upscaler: Upscaler, *, planar_fmt: str, colour: color.Colour, size: tuple[int, int], resize: bool):
+        self.upscaler = upscaler
+        self.transfer = Transfer(upscaler.engine.device)
+        self.planar_fmt, self.colour, self.size, self.resize = planar_fmt, colour, size, resize
+
+    def __call__(self, group: list[Frame]):
+        rgb = planes_to_rgb(group, self.upscaler.engine.device, self.transfer)
+        out = fit_output(self.upscaler(rgb), self.size, self.resize)
+        host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
+        return host, ready, [(f.pts, f.time_base) for f in group]
+
+
+def write_batch(muxer: Muxer, item, on_frame: Callable[[int], None] | None = None) -> None:
+    """Encode a computed group (from :class:`BatchCompute`) once its device-to-host copy is done."""
+    host, ready, stamps = item
+    if ready is not None:
+        ready()
+    for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
+        muxer.write_frame(planes, pts, time_base)
+        if on_frame is not None:
+            on_frame(muxer.stats.frames)
 
 
 def fit_output(out: torch.Tensor, size: tuple[int, int], resize: bool) -> torch.Tensor:

@@ -49,7 +49,7 @@ from ..frame import Frame, VideoInfo
 from ..media.decode import CopiedPacket, iter_media, open_input
 from ..media.encode import EncodeSettings, Muxer, container_format, plan_encoder, planar_source
 from ..paths import publish
-from ..pipeline import QUEUE_FRAMES, Transfer, fit_output, host_frames, output_size, planes_to_rgb, rgb_to_planes
+from ..pipeline import QUEUE_FRAMES, BatchCompute, frame_batches, output_size, write_batch
 from ..upscale import Upscaler
 
 log = logging.getLogger(__name__)
@@ -389,8 +389,6 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
 def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, size, resize: bool, on_frame) -> int:
     """Batches through the network on this thread; encoding on a second thread (PyAV and torch
     release the GIL, so they overlap). Returns the number of frames decoded."""
-    device = upscaler.engine.device
-    transfer = Transfer(device)
     work: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     failed: list[BaseException] = []
     stop = threading.Event()
@@ -402,13 +400,7 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
                 item = work.get()
                 if item is _END:
                     return
-                host, ready, stamps = item
-                if ready is not None:
-                    ready()
-                for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
-                    muxer.write_frame(planes, pts, time_base)
-                    if on_frame is not None:
-                        on_frame(muxer.stats.frames)
+                write_batch(muxer, item, on_frame)
         except BaseException as err:  # handed to the computing thread
             failed.append(err)
             stop.set()
@@ -423,27 +415,14 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
             except queue.Full:
                 continue
 
-    def flush(group: list[Frame]) -> None:
-        out = fit_output(upscaler(planes_to_rgb(group, device, transfer)), size, resize)
-        host, ready = transfer.download(rgb_to_planes(out, muxer.planar_fmt, colour))
-        put((host, ready, [(f.pts, f.time_base) for f in group]))
-
     thread = threading.Thread(target=encoder, name="vsr-segment-encode", daemon=True)
     thread.start()
     count = 0
     try:
-        pending: list[Frame] = []
-        for frame in frames:
-            count += 1
-            if pending and (frame.pix_fmt, frame.colour) != (pending[0].pix_fmt, pending[0].colour):
-                flush(pending)
-                pending = []
-            pending.append(frame)
-            if len(pending) == upscaler.batch:
-                flush(pending)
-                pending = []
-        if pending:
-            flush(pending)
+        compute = BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, size=size, resize=resize)
+        for group in frame_batches(frames, upscaler.batch):
+            count += len(group)
+            put(compute(group))
         put(_END)
     except BaseException:
         stop.set()

@@ -72,7 +72,7 @@ class RunResult:
 # --------------------------------------------------------------------------- channels
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """Raised inside a stage when another stage failed or the run was interrupted."""
 
 
@@ -81,7 +81,7 @@ class Channel:
 
     Frames weigh 1 and copied packets 0, so a burst of audio packets never blocks but the number
     of decoded frames in flight is capped. ``stop`` (shared by all channels of a run) wakes every
-    waiting thread with :class:`_Stopped`.
+    waiting thread with :class:`Stopped`.
     """
 
     _END = object()
@@ -97,10 +97,10 @@ class Channel:
         with self._cond:
             while weight and self._weight + weight > self.capacity:
                 if self.stop.is_set():
-                    raise _Stopped
+                    raise Stopped
                 self._cond.wait(0.1)
             if self.stop.is_set():
-                raise _Stopped
+                raise Stopped
             self._items.append((item, weight))
             self._weight += weight
             self._cond.notify_all()
@@ -113,7 +113,7 @@ class Channel:
         with self._cond:
             while not self._items:
                 if self.stop.is_set():
-                    raise _Stopped
+                    raise Stopped
                 self._cond.wait(0.1)
             item, weight = self._items.popleft()
             self._weight -= weight
@@ -129,7 +129,7 @@ class Channel:
         return item is cls._END
 
 
-class _Stage(threading.Thread):
+class Stage(threading.Thread):
     """A pipeline thread that records its exception and stops the whole run when it fails."""
 
     def __init__(self, name: str, target: Callable[[], None], stop: threading.Event, wake: Callable[[], None]):
@@ -142,7 +142,7 @@ class _Stage(threading.Thread):
     def run(self) -> None:
         try:
             self._target_fn()
-        except _Stopped:
+        except Stopped:
             pass
         except BaseException as err:  # handed to the calling thread, which re-raises it
             self.error = err
@@ -349,7 +349,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
         decoded.wake()
         computed.wake()
 
-    stages = [_Stage("decode", decode, stop, wake), _Stage("encode", encode, stop, wake)]
+    stages = [Stage("decode", decode, stop, wake), Stage("encode", encode, stop, wake)]
     for stage in stages:
         stage.start()
     try:
@@ -364,7 +364,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
         for stage in stages:
             stage.join(timeout=30)
         muxer.abort()
-        if isinstance(err, _Stopped):
+        if isinstance(err, Stopped):
             _raise_stage_errors(stages)
         raise
     stages[0].join()
@@ -382,7 +382,7 @@ def _dali_device(upscaler: Upscaler) -> str:
     return "gpu" if upscaler.engine.device.type == "cuda" else "cpu"
 
 
-def _raise_stage_errors(stages: list[_Stage]) -> None:
+def _raise_stage_errors(stages: list[Stage]) -> None:
     for stage in stages:
         if stage.error is not None:
             raise stage.error

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -49,7 +48,7 @@ from ..frame import Frame, VideoInfo
 from ..media.decode import CopiedPacket, iter_media, open_input
 from ..media.encode import EncodeSettings, Muxer, container_format, plan_encoder, planar_source
 from ..paths import publish
-from ..pipeline import QUEUE_FRAMES, BatchCompute, frame_batches, output_size, write_batch
+from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, frame_batches, output_size, write_batch
 from ..upscale import Upscaler
 
 log = logging.getLogger(__name__)
@@ -387,52 +386,35 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
 
 
 def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, size, resize: bool, on_frame) -> int:
-    """Batches through the network on this thread; encoding on a second thread (PyAV and torch
-    release the GIL, so they overlap). Returns the number of frames decoded."""
-    work: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
-    failed: list[BaseException] = []
+    """Batches through the network on this thread; encoding on a second thread, joined by the
+    pipeline's bounded channel (PyAV and torch release the GIL, so they overlap). Returns the
+    number of frames decoded."""
     stop = threading.Event()
-    _END = object()
+    computed = Channel(QUEUE_FRAMES + upscaler.batch, stop)
 
-    def encoder() -> None:
-        try:
-            while True:
-                item = work.get()
-                if item is _END:
-                    return
-                write_batch(muxer, item, on_frame)
-        except BaseException as err:  # handed to the computing thread
-            failed.append(err)
-            stop.set()
+    def encode() -> None:
+        while not Channel.is_end(item := computed.get()):
+            write_batch(muxer, item, on_frame)
 
-    def put(item) -> None:
-        while True:
-            if stop.is_set():
-                raise failed[0]
-            try:
-                work.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    thread = threading.Thread(target=encoder, name="vsr-segment-encode", daemon=True)
-    thread.start()
+    stage = Stage("segment-encode", encode, stop, computed.wake)
+    stage.start()
+    compute = BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, size=size, resize=resize)
     count = 0
     try:
-        compute = BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, size=size, resize=resize)
         for group in frame_batches(frames, upscaler.batch):
             count += len(group)
-            put(compute(group))
-        put(_END)
-    except BaseException:
+            computed.put(compute(group), len(group))
+        computed.close()
+        stage.join()
+    except BaseException as err:
         stop.set()
-        with contextlib.suppress(queue.Full):
-            work.put_nowait(_END)
-        thread.join(timeout=30)
+        computed.wake()
+        stage.join(timeout=30)
+        if isinstance(err, Stopped) and stage.error is not None:
+            raise stage.error from None
         raise
-    thread.join()
-    if failed:
-        raise failed[0]
+    if stage.error is not None:
+        raise stage.error
     return count
 
 

@@ -91,7 +91,8 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 class Upscaler:
-    """Upscale batches of float frames ``(N, C, H, W)`` in [0, 1] with an :class:`Engine`.
+    """Upscale batches of float frames ``(N, C, H, W)`` with an :class:`Engine`; the network sees
+    them clamped to [0, 1].
 
     ``tile`` 0 picks the tile size from free memory (the whole frame when it fits). If the device
     still runs out of memory, the frame is retried with half the tile size, down to ``MIN_TILE``;
@@ -121,7 +122,9 @@ class Upscaler:
             raise ValueError(f"expected (N, C, H, W) frames, got shape {tuple(frames.shape)}")
         n, _, height, width = frames.shape
         spec = self.engine.spec
-        x = _pad(frames.to(self.engine.device, self.engine.dtype), spec.multiple_of, _engine_min_side(self.engine))
+        # The network was trained on in-gamut RGB: YUV converted exactly can leave the cube at
+        # saturated edges (values below 0 or above 1), which the network would turn into artefacts.
+        x = _pad(frames.to(self.engine.device, self.engine.dtype).clamp(0, 1), spec.multiple_of, _engine_min_side(self.engine))
         tile = self._tile_for(x.shape[-2], x.shape[-1], n)
         while True:
             try:

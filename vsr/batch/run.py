@@ -38,6 +38,8 @@ from typing import Any
 
 from ..errors import InputMissing, Interrupted, TransientError, UsageError, VsrError
 from ..media.encode import CONTAINERS, EncodeSettings, container_format
+from ..media.plan import PictureOptions
+from ..media.trim import Trim
 from ..progress import Progress
 from .manifest import RETRY_IN_RUN, Lease, Manifest, decide, input_fingerprint, new_record, now_iso, options_fingerprint, sha256_file, worst_exit_code
 from .segments import SEGMENTS_DIR, Segment, encode_segment, index_video, join_segments, piece_path, piece_status, plan_segments
@@ -119,6 +121,8 @@ class BatchOptions:
     hwaccel: str | None = None
     decoder: str = "pyav"
     output_ext: str | None = None  # default: the input's when vsr writes it, else .mkv
+    picture: PictureOptions = PictureOptions()
+    trim: Trim | None = None  # every job is cut the same way (previews of a whole folder)
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,7 @@ class _Worker:
         opts = unit.options
         job = VideoJob(
             unit.job.source, unit.job.target, settings=opts.settings, outscale=opts.outscale, hwaccel=opts.hwaccel,
-            decoder=opts.decoder, overwrite=unit.overwrite,
+            decoder=opts.decoder, overwrite=unit.overwrite, picture=opts.picture, trim=opts.trim,
         )
         if not job.source.exists():
             raise InputMissing(f"input {job.source} does not exist")
@@ -380,13 +384,17 @@ class _Worker:
         opts = unit.options
         meta = encode_segment(
             unit.job.source, unit.segment, piece, upscaler=self.upscaler, settings=opts.settings, outscale=opts.outscale,
-            hwaccel=opts.hwaccel, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
+            hwaccel=opts.hwaccel, picture=opts.picture, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
         )
         result.frames = int(meta["frames"])
         self.report(unit.key, result.frames)
 
     def _run_join(self, unit: Unit, result: UnitResult) -> None:
-        result.frames = join_segments(unit.job.source, list(unit.pieces), unit.job.target, settings=unit.options.settings, overwrite=unit.overwrite)
+        opts = unit.options
+        result.frames = join_segments(
+            unit.job.source, list(unit.pieces), unit.job.target, settings=opts.settings, picture=opts.picture, trim=opts.trim,
+            outscale=opts.outscale, overwrite=unit.overwrite,
+        )
         result.sha256 = sha256_file(unit.job.target)
         shutil.rmtree(self.output_dir / SEGMENTS_DIR / unit.job.job_id, ignore_errors=True)
 
@@ -535,6 +543,8 @@ def run_batch(
     hwaccel: str | None = None,
     decoder: str = "pyav",
     output_ext: str | None = None,
+    picture: PictureOptions = PictureOptions(),
+    trim: Trim | None = None,
     workers: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
@@ -580,7 +590,9 @@ def run_batch(
         with contextlib.suppress(OSError):
             if source.parent.resolve() == output_dir.resolve() and source.suffix.lower() in VIDEO_EXTENSIONS:
                 raise UsageError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
-    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext)
+    if trim is not None and trim.active and decoder != "pyav":
+        raise UsageError("--decoder dali decodes whole files; leave out --start/--duration/--frames, or use --decoder pyav")
+    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim)
     jobs = plan_jobs(sources, output_dir, output_ext)
     manifest = Manifest(output_dir)
     options_fp = options_fingerprint(_options_record(options, make_upscaler))
@@ -620,8 +632,10 @@ def run_batch(
         try:
             if not job.source.exists():
                 raise InputMissing(f"input {job.source} does not exist")
-            index = index_video(job.source)
-            plan = plan_segments(index, segment_frames=segment_frames, segments=segments)
+            index = index_video(job.source, trim)
+            # bwdif looks one frame back: decode one frame ahead of each segment of an interlaced source.
+            context = 1 if index.interlaced and picture.deinterlace != "off" else 0
+            plan = plan_segments(index, segment_frames=segment_frames, segments=segments, context=context)
         except VsrError as err:
             row.state, row.exit_code, row.error, row.attempts = "failed", err.exit_code, str(err), state.prior_attempts + 1
             changes[job.job_id] = {**base, "state": "failed", "attempts": row.attempts, "exit_code": err.exit_code, "error": str(err), "finished_at": now_iso()}
@@ -749,7 +763,13 @@ def _frames_hint(path: Path) -> int | None:
 
 def _options_record(options: BatchOptions, make_upscaler) -> dict[str, Any]:
     model = make_upscaler.fingerprint() if hasattr(make_upscaler, "fingerprint") else repr(make_upscaler)
-    return {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+    record = {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+    # Only when set, so that manifests written before these options existed still match.
+    if options.picture != PictureOptions():
+        record["picture"] = asdict(options.picture)
+    if options.trim is not None and options.trim.active:
+        record["trim"] = options.trim.fingerprint()
+    return record
 
 
 def _make_executor(kind: str, workers: int, make_upscaler, output_dir: Path, on_progress, ray_address: str | None):

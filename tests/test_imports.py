@@ -9,19 +9,19 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+from helpers import package_folders
+
 REPO = Path(__file__).resolve().parents[1]
-# Source folder -> the package it is installed as (pyproject's package-dir mapping).
-ROOTS = {"vsr": REPO / "vsr", "vsr.engines": REPO / "engines", "vsr.kernels": REPO / "kernels"}
 
 
-def project_modules(roots: dict[str, Path] = ROOTS) -> dict[str, Path]:
-    """Dotted module name -> source file, for every ``.py`` file under the roots.
+def project_modules(roots: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Dotted module name -> source file, for every ``.py`` file under the roots (default: the
+    folders pyproject maps: vsr/, engines/ as vsr.engines, kernels/ as vsr.kernels).
 
-    A package's ``__init__.py`` is the module named for the package. A root nested in another's
-    namespace (``vsr.engines`` under ``vsr``) comes from its own folder, not from ``vsr/engines``.
+    A package's ``__init__.py`` is the module named for the package.
     """
     modules: dict[str, Path] = {}
-    for package, folder in roots.items():
+    for package, folder in (roots or package_folders()).items():
         for path in sorted(folder.rglob("*.py")):
             parts = path.relative_to(folder).with_suffix("").parts
             if "__pycache__" in parts:

@@ -1,9 +1,10 @@
 """TensorRT backend: build an engine from an ONNX file, cache it, and run it on CUDA torch tensors.
 
 Written against the TensorRT Python API of 10.12+ and 11.x (``tensorrt`` from NVIDIA's index).
-``import tensorrt`` happens inside the functions that need it, so this module imports anywhere;
-every entry point raises :class:`~vsr.errors.BackendUnavailable` (exit 69) when TensorRT or a CUDA
-GPU is missing.
+``import tensorrt`` and ``import onnx`` (which reads the ONNX file's metadata, input shape and
+weight types before a build) happen inside the functions that need them, so this module imports
+anywhere (the CLI takes :func:`parse_shape` from it); every entry point raises
+:class:`~vsr.errors.BackendUnavailable` (exit 69) when TensorRT, onnx or a CUDA GPU is missing.
 
 Precision comes from the ONNX graph. TensorRT 11 networks are always strongly typed and
 ``BuilderFlag.FP16`` no longer exists; on 10.x this module opts in to strong typing

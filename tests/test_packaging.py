@@ -73,26 +73,33 @@ def sdist_files(sdist: Path) -> list[str]:
     return [n.split("/", 1)[1] for n in names if "/" in n]
 
 
-# Not part of a clean clone (.gitignore'd), at any depth / only at the top.
+# Fallback outside a git checkout: what .gitignore leaves out, at any depth / only at the top.
 _NOT_SOURCE = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.partial", ".pytest_cache")
-_NOT_SOURCE_TOP = {".git", "build", "dist", "out", "data", "runs"}
+_NOT_SOURCE_TOP = {"build", "dist", "out", "data", "runs"}
 
 
 def clean_copy(dest: Path) -> Path:
-    """The checkout as a clean clone has it: no build/, no *.egg-info, no venv.
+    """The checkout as a clean clone has it (plus uncommitted files git does not ignore): no
+    build/, no *.egg-info, no venv, nothing .git/info/exclude names.
 
     A stale ``vsr.egg-info/SOURCES.txt`` (left by an earlier build or ``pip install -e``) is read
     back by setuptools and would put files into the sdist that the config no longer names, hiding
     a package left out of pyproject.
     """
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an unpacked sdist)
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            top = {n for n in names if n in _NOT_SOURCE_TOP or n.startswith(".")} if Path(folder) == REPO else set()
+            return set(_NOT_SOURCE(folder, names)) | top
 
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skip = set(_NOT_SOURCE(folder, names))
-        if Path(folder) == REPO:
-            skip |= {n for n in names if n in _NOT_SOURCE_TOP or n.startswith(".venv")}
-        return skip
-
-    shutil.copytree(REPO, dest, ignore=ignore)
+        shutil.copytree(REPO, dest, ignore=ignore)
+        return dest
+    for name in filter(None, listed):
+        if (REPO / name).is_file():  # a tracked file deleted in the working tree is listed too
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
     return dest
 
 

@@ -8,6 +8,7 @@ import enum
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,20 @@ def onnx_file(tmp_path):
 # --------------------------------------------------------------------------- without TensorRT
 
 
-def test_module_imports_tensorrt_lazily():
+def test_module_imports_tensorrt_and_onnx_lazily():
+    # The CLI imports parse_shape from here at argparse time, on nodes without either package.
     tree = ast.parse(Path(te.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name for n in top for a in n.names} | {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
-    assert not any(name.startswith("tensorrt") for name in names)
+    names = {a.name for n in top for a in n.names} | {n.module or "" for n in top if isinstance(n, ast.ImportFrom) and not n.level}
+    assert not any(name.split(".")[0] in ("tensorrt", "onnx", "google") for name in names)
+
+
+def test_reading_onnx_without_the_onnx_package_is_exit_69(onnx_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` sees where it is not installed
+    with pytest.raises(BackendUnavailable) as info:
+        te.inspect_onnx(onnx_file.read_bytes())
+    assert info.value.exit_code == 69 and "\n" not in str(info.value)
+    assert 'pip install "vsr[tensorrt]"' in str(info.value)
 
 
 needs_no_trt = pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
@@ -251,7 +261,7 @@ def test_engine_metadata_sidecar():
     assert meta["onnx_sha256"] == "0" * 64
 
 
-# --------------------------------------------------------------------------- reading ONNX without the onnx package
+# --------------------------------------------------------------------------- reading ONNX (with the onnx package)
 
 
 def test_inspect_onnx_fp16_graph(onnx_file):

@@ -206,3 +206,14 @@ def test_plan_field_rate_doubles_the_rate_and_halves_the_time_base():
     assert (plan.rate, plan.time_base) == (50, Fraction(1, 50))
     same = plan_video(src, PictureOptions(), scale=4, outscale=None, planar_fmt="yuv420p")
     assert (same.rate, same.time_base) == (25, Fraction(1, 25))
+
+
+def test_trim_chapters():
+    from vsr.media.trim import trim_chapters
+
+    tb = Fraction(1, 1000)
+    chapters = [{"id": i, "start": a, "end": b, "time_base": tb, "metadata": {"title": t}}
+                for i, (a, b, t) in enumerate([(0, 60000, "one"), (60000, 120000, "two"), (120000, 180000, "three")])]
+    got = trim_chapters(chapters, Fraction(50), Fraction(70))
+    assert [(c["metadata"]["title"], c["start"], c["end"]) for c in got] == [("one", 0, 10000), ("two", 10000, 20000)]
+    assert [c["metadata"]["title"] for c in trim_chapters(chapters, Fraction(130), None)] == ["three"]

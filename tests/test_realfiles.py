@@ -420,3 +420,13 @@ def test_batch_segments_of_other_trims(tmp_path, capsys, clips, tiny, trim):
     _same_video(joined, single)
     audio = [p[2] for p in media.packets(joined)]
     assert audio == [p[2] for p in media.packets(single)] and audio
+
+
+def test_trim_keeps_the_chapters_of_its_range(tmp_path, capsys, clips, tiny):
+    src = clips("h264_aac_mp4")  # chapters "Intro" 0-1/3 s and "Close-up" 1/3-2/3 s
+    out = tmp_path / "ch.mp4"
+    vsr(capsys, src, out, "--model", tiny, "--start", "0.25", "--frames", "3")
+    with av.open(str(out)) as c:
+        got = [(ch["metadata"]["title"], float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"])) for ch in c.chapters()]
+    assert [g[0] for g in got] == ["Intro", "Close-up"]
+    assert got[0][1] == 0 and abs(got[0][2] - 1 / 12) < 2e-3 and abs(got[1][2] - 0.25) < 2e-3

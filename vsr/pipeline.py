@@ -281,11 +281,13 @@ def check_trim(trim: Trim | None, info: VideoInfo) -> None:
         )
 
 
-def plan_output(info: VideoInfo, fmt: str, settings: EncodeSettings, picture: PictureOptions, *, scale: int, outscale: float | None) -> tuple[str, str, VideoPlan]:
+def plan_output(
+    info: VideoInfo, fmt: str, settings: EncodeSettings, picture: PictureOptions, *, scale: int, outscale: float | None, trim: Trim | None = None,
+) -> tuple[str, str, VideoPlan]:
     """(encoder, pixel format, plan) of the output for ``info``: the decisions a run and every batch
     segment of it share."""
     codec, pix_fmt = plan_encoder(fmt, info, settings)
-    plan = plan_video(info, picture, scale=scale, outscale=outscale, planar_fmt=planar_source(pix_fmt)[0])
+    plan = plan_video(info, picture, scale=scale, outscale=outscale, planar_fmt=planar_source(pix_fmt)[0], trim=trim)
     return codec, pix_fmt, plan
 
 
@@ -319,10 +321,8 @@ def run_video(
     try:
         log.info("input %s: %s", job.source, info.describe())
         check_trim(job.trim, info)
-        codec, pix_fmt, plan = plan_output(info, fmt, job.settings, job.picture, scale=upscaler.scale, outscale=job.outscale)
+        codec, pix_fmt, plan = plan_output(info, fmt, job.settings, job.picture, scale=upscaler.scale, outscale=job.outscale, trim=job.trim)
         plan.log()
-        if job.trim is not None and job.trim.active:
-            log.info("trimmed: %s", job.trim.describe())
         if job.decoder == "dali":  # refused before any output file exists
             dali_decode.require()
             dali_decode.check_input(info, _dali_device(upscaler))

@@ -560,7 +560,7 @@ def join_segments(
     container, info = open_input(source)
     try:
         first = metas[0]
-        codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=int(first["scale"]), outscale=outscale)
+        codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=int(first["scale"]), outscale=outscale, trim=trim)
         if any((m["codec"], m["pix_fmt"], m["width"], m["height"]) != (codec, pix_fmt, plan.width, plan.height) for m in metas):
             raise VsrError(f"the pieces of {target} were encoded with other settings; run the batch again")
         colour = color.for_output(info.colour, pix_fmt)

@@ -23,6 +23,7 @@ from ..frame import VideoInfo
 from .decode import CopiedPacket
 from .plan import VideoPlan
 from .presentation import AV_FIELD_PROGRESSIVE, HDR_ENCODERS, hdr_params, merge_params
+from .trim import trim_chapters
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,12 @@ class Muxer:
             self.copy_map[stream.index] = out.add_stream_from_template(stream)
             _copy_stream_metadata(stream, self.copy_map[stream.index])
         chapters = source.chapters() if hasattr(source, "chapters") else []
+        if chapters and plan.window is not None:
+            # A trimmed output has the chapters of its range, moved like its timestamps.
+            end = plan.window.end
+            if end is None and plan.window.frames is not None and plan.rate:
+                end = plan.window.start + plan.window.frames / Fraction(plan.rate)
+            chapters = trim_chapters(chapters, plan.window.start, end)
         if chapters and self.fmt in ("mp4", "mov", "matroska", "webm"):
             out.set_chapters(chapters)
         try:

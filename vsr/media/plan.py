@@ -18,6 +18,7 @@ from .. import color
 from ..frame import VideoInfo
 from . import deinterlace
 from .presentation import HdrMetadata, Orientation, apply_orientation_shape, orientation, rotated_sar
+from .trim import Trim, Window
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class VideoPlan:
     time_base: Fraction
     rate: Fraction | None
     hdr: HdrMetadata | None
+    window: Window | None = None  # the trimmed range, in the source's time (chapters follow it)
     notes: tuple[str, ...] = field(default=(), compare=False)  # what was decided, for -v logs
 
     def log(self) -> None:
@@ -60,6 +62,7 @@ def plan_video(
     scale: int,
     outscale: float | None,
     planar_fmt: str,
+    trim: Trim | None = None,
 ) -> VideoPlan:
     """Decide the output of one input (see :class:`VideoPlan`). ``planar_fmt`` is what the compute
     step produces for the chosen encoder format (its chroma subsampling makes sizes even)."""
@@ -116,7 +119,10 @@ def plan_video(
 
     if info.hdr is not None:
         notes.append(f"HDR10 static metadata: {info.hdr.describe()}")
+    window = trim.window(info.start_time) if trim is not None and trim.active else None
+    if window is not None:
+        notes.append(f"trimmed: {trim.describe()}")
     return VideoPlan(
         width=out_w, height=out_h, resize=resize, orient=turn, display_matrix=matrix, sar=sar, deinterlace=plan_d,
-        time_base=deinterlace.output_time_base(info.time_base, plan_d), rate=rate, hdr=info.hdr, notes=tuple(notes),
+        time_base=deinterlace.output_time_base(info.time_base, plan_d), rate=rate, hdr=info.hdr, window=window, notes=tuple(notes),
     )

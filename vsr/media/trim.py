@@ -135,3 +135,17 @@ def shift_packet(pts: int | None, dts: int | None, duration: int | None, time_ba
             duration = max(1, duration + new_pts)
         new_pts, new_dts = 0, (0 if new_dts is not None else None)
     return new_pts, new_dts, duration
+
+
+def trim_chapters(chapters: list[dict], start: Fraction, end: Fraction | None) -> list[dict]:
+    """Chapters (PyAV's dicts: ``start``/``end`` in ``time_base``) of the range ``[start, end)``
+    seconds, moved to begin at 0 and clipped to the range; chapters outside it are left out."""
+    out = []
+    for chapter in chapters:
+        tb = Fraction(chapter["time_base"])
+        a, b = chapter["start"] * tb, chapter["end"] * tb
+        if b <= start or (end is not None and a >= end):
+            continue
+        a, b = max(a, start) - start, (b if end is None else min(b, end)) - start
+        out.append({**chapter, "start": round(a / tb), "end": round(b / tb)})
+    return out

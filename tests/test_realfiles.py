@@ -111,6 +111,20 @@ def test_saturated_444_matches_the_network_on_ffmpeg_decoded_frames(tmp_path, ca
     assert min(psnr(u_, r) for u_, r in zip(unclamped, reference, strict=True)) < min(scores) - 5
 
 
+@pytest.mark.parametrize("tile", [0, 32])
+def test_the_network_only_ever_sees_rgb_in_the_cube(tile):
+    from vsr.engines import TorchEngine
+    from vsr.upscale import Upscaler
+
+    model = tiny_srvgg(upscale=4)
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append((float(args[0].min()), float(args[0].max()))))
+    frames = torch.linspace(-0.4, 1.4, 2 * 3 * 48 * 64).reshape(2, 3, 48, 64)
+    Upscaler(TorchEngine(model, device=torch.device("cpu"), dtype=torch.float32), tile=tile, batch=2)(frames)
+    assert seen and all(lo >= 0 and hi <= 1 for lo, hi in seen)
+    assert frames.min() < 0  # the caller's tensor is not clamped in place
+
+
 # --------------------------------------------------------------------------- rotation
 
 

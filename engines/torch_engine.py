@@ -30,8 +30,8 @@ the usual reassociation of floating-point sums):
     Removes the per-kernel launch overhead (RRDBNet x4 launches over a thousand kernels a frame).
     All graphs of an engine share one memory pool (``torch.cuda.graph_pool_handle``), so the
     whole-frame graph and the one for a clip's shorter last batch do not each hold their own
-    activations. Capture uses ``capture_error_mode="thread_local"`` because the video pipeline decodes and
-    encodes on other threads while the compute thread captures.
+    activations. Capture uses ``capture_error_mode="thread_local"`` because the video pipeline
+    decodes and encodes on other threads while the compute thread captures.
 
 On a non-CUDA device ``compile`` and ``cuda_graphs`` are **ignored with a warning** (logged once
 per engine) and the engine runs eagerly; invalid option values and impossible combinations are

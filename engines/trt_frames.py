@@ -70,7 +70,13 @@ class SizedEngines:
                     "building another engine, for %dx%d inputs; inputs of many sizes (a folder of images) are better"
                     " served by --tile N, one engine for every size", key[1], key[0],
                 )
-            engine = self.build((self.batch, int(shape[1]), *key))
+            try:
+                engine = self.build((self.batch, int(shape[1]), *key))
+            except torch.OutOfMemoryError:
+                # The Upscaler retries with smaller tiles: give it the memory the open engines hold.
+                while self._engines:
+                    self._engines.popitem()[1].close()
+                raise
             self._engines[key] = engine
             while len(self._engines) > self.max_engines:
                 self._engines.popitem(last=False)[1].close()

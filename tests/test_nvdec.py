@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from vsr.media.nvdec import MAX_SURFACES, POOL_EXTRA, decode_threads
+from vsr.media.nvdec import MAX_SURFACES, POOL_EXTRA, decode_threads, decoded_by_nvdec
 
 
 def test_threads_fit_nvdecs_32_surfaces_on_a_16_core_host():
@@ -16,15 +18,28 @@ def test_threads_fit_nvdecs_32_surfaces_on_a_16_core_host():
     assert decode_threads(64, dpb=9) == 21  # AV1/VP9: 8 references + 1
 
 
+def test_software_fallback_is_recognised_by_the_frame_format():
+    assert decoded_by_nvdec("nv12") and decoded_by_nvdec("p010le")
+    assert not decoded_by_nvdec("yuv420p") and not decoded_by_nvdec("yuv422p10le")
+
+
 @pytest.mark.needs_cuda
-def test_nvdec_decodes_on_the_engines_gpu_with_its_thread_count(tmp_path):
+def test_nvdec_decodes_on_the_engines_gpu_with_its_thread_count(tmp_path, caplog):
+    import ctypes
     import os
 
     import torch
 
+    try:
+        ctypes.CDLL("libnvcuvid.so.1")
+    except OSError:
+        pytest.skip("no NVDEC library (libnvcuvid.so.1) on this machine: FFmpeg can only decode in software")
+
     import media
     from vsr.media.decode import iter_media, open_input
 
+    # The CLI turns propagation off on "vsr" once it has run in this process: listen here directly.
+    logging.getLogger("vsr.media.decode").addHandler(caplog.handler)
     src = media.h264_aac_mp4(tmp_path)
     index = torch.cuda.device_count() - 1  # the last GPU: not FFmpeg's default unless there is one
     container, info = open_input(src, hwaccel="cuda", hwaccel_device=index)
@@ -36,6 +51,8 @@ def test_nvdec_decodes_on_the_engines_gpu_with_its_thread_count(tmp_path):
     finally:
         container.close()
     assert len(frames) == 8 and frames[0].pix_fmt == "yuv420p"
+    logging.getLogger("vsr.media.decode").removeHandler(caplog.handler)
+    assert "NVDEC cannot decode" not in caplog.text
     # NVDEC hands out NV12 surfaces (software decoding of this clip gives yuv420p): the decode ran
     # on the GPU, not on the silent software fallback.
     container, info = open_input(src, hwaccel="cuda", hwaccel_device=index)

@@ -10,11 +10,12 @@ import logging
 import pytest
 import torch
 
-from helpers import crop, tiny_srvgg
+from helpers import crop, psnr, tiny_srvgg
 from vsr import tiling, upscale
 from vsr.engines import TorchEngine
 from vsr.engines.profiles import MIN_TILE, FramePlan, call_profile, estimate_bytes, plan_frames
 from vsr.engines.trt_frames import SizedEngines
+from vsr.kernels import quantize
 from vsr.models import registry
 from vsr.upscale import Upscaler, device_blend_weights
 
@@ -111,6 +112,27 @@ def test_sized_engines_build_once_per_input_size_under_the_upscaler(caplog):
     assert engine.sizes == []
     with pytest.raises(RuntimeError, match="after close"):
         first(x)
+
+
+def test_out_of_memory_while_building_frees_the_open_engines_for_the_smaller_tiles():
+    model = tiny_srvgg()
+    opened: list[TorchEngine] = []
+
+    def build(shape):
+        if shape[2] * shape[3] > 48 * 48:  # this "GPU" has room for small inputs only
+            raise torch.OutOfMemoryError("out of memory building the engine (test budget)")
+        opened.append(TorchEngine(model, device=CPU))
+        return opened[-1]
+
+    engine = SizedEngines(build, spec=model.spec, device=CPU, dtype=torch.float32, batch=2)
+    engine(photos(1, 32, 32))
+    upscaler = Upscaler(engine, tile=0, overlap=4, batch=2)
+    out = upscaler(photos(2))  # whole 64x96 frames do not fit: retried with 48x48 tiles
+    assert upscaler._fitted_tile == 48 and engine.sizes == [(48, 48)]
+    with pytest.raises(RuntimeError, match="after close"):
+        opened[0](photos(1, 32, 32))  # the engine that was open when memory ran out was closed
+    whole = Upscaler(TorchEngine(model, device=CPU), tile=0)(photos(2))
+    assert out.shape == whole.shape and psnr(quantize(out, 8), quantize(whole, 8)) >= 40  # blended tiles
 
 
 # --------------------------------------------------------------------------- what the Upscaler keeps

@@ -23,7 +23,7 @@ import numpy as np
 from .. import color
 from ..errors import BackendUnavailable, InputError, InputMissing
 from ..frame import Frame, StreamInfo, VideoInfo
-from .nvdec import decode_threads
+from .nvdec import decode_threads, decoded_by_nvdec
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,8 @@ def iter_media(
             if packet.is_keyframe and packet.pts is not None:
                 last_key = packet.pts
             for frame in _decode(packet, count):
+                if count == 0 and video.codec_context.is_hwaccel and not decoded_by_nvdec(frame.format.name):
+                    log.warning("input %s: NVDEC cannot decode this stream (%s); decoding on the CPU instead", info.path, frame.format.name)
                 if frame.is_corrupt:
                     damaged.append(count)
                 recent.append((frame.pts, count))

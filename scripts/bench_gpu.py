@@ -14,8 +14,9 @@ Rows, in the order they run (cheap first, so a short lease still gets the core o
 * ``pipeline``: ``vsr.pipeline.run_video`` (what ``vsr run`` calls) on a 960x540 H.264 clip made
   here from a photograph, into libx264 with vsr's defaults (CRF 18, preset medium), for each network
   in fp16 and bf16 (``channels_last``: vsr run's default on CUDA) and fp16 ``graphs``.
-* ``encoder``: that encoder alone on the same output frames (3840x2160, already converted), the
-  bound a pipeline row cannot beat (H100/H200 have no NVENC: encoding is on the CPU).
+* ``encoder``: the same ``vsr run`` with the network replaced by nearest-neighbour upsampling (no
+  compute): libx264 on the same 3840x2160 frames is all that is left, the bound a pipeline row
+  cannot beat (H100/H200 have no NVENC: encoding is on the CPU).
 
 Each row is checked against the time left (``--deadline-s`` from the start; the rest is skipped
 with the reason) and the JSON is rewritten under ``--out`` after every row, so a run cut short
@@ -253,41 +254,42 @@ def pipeline_rows(run: Run, network: str, model: torch.nn.Module, macs: float, c
             release(engine)
 
 
+class NearestUp(torch.nn.Module):
+    """A network that costs nothing: nearest-neighbour upsampling by ``scale``."""
+
+    def __init__(self, scale: int):
+        from vsr.models.spec import ModelSpec
+
+        super().__init__()
+        self.scale = scale
+        self.spec = ModelSpec(arch="NearestUp", params=(("scale", scale),), scale=scale, in_channels=3, out_channels=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
 def encoder_row(run: Run, clip: Path, scale: int) -> None:
-    """libx264 with vsr run's settings on the clip's upscaled frames, the network left out: the frames
-    are resampled x``scale`` and converted to the encoder's planes first (untimed)."""
-    from vsr import color
-    from vsr.media.decode import CopiedPacket, iter_media, open_input
-    from vsr.media.encode import EncodeSettings, Muxer, plan_encoder, planar_source
-    from vsr.pipeline import host_frames, output_size, planes_to_rgb, rgb_to_planes
-    from vsr.upscale import resample
+    """``vsr run`` on the clip with the network replaced by nearest-neighbour upsampling: decode,
+    colour conversion and copies cost little beside libx264 on the 4x frames, so this is the
+    encoder's own rate, the bound of the pipeline rows."""
+    from vsr.engines import TorchEngine
+    from vsr.pipeline import VideoJob, run_video
+    from vsr.upscale import Upscaler
 
     if not run.fits("encoder", NEEDS["encoder"]):
         return
-    source, info = open_input(clip)
+    engine = TorchEngine(NearestUp(scale), device=run.device, dtype=torch.float16 if run.device.type == "cuda" else torch.float32)
     try:
-        settings = EncodeSettings()
-        codec, pix_fmt = plan_encoder("mp4", info, settings)
-        planar = planar_source(pix_fmt)[0]
-        width, height = output_size(info, scale, None, planar)
-        colour = color.for_output(info.colour, pix_fmt)
-        frames = [f for f in iter_media(source, info, copy_streams=()) if not isinstance(f, CopiedPacket)]
-        planes = []
-        for frame in frames:
-            rgb = resample(planes_to_rgb([frame], run.device), height, width).clamp_(0, 1)
-            planes += host_frames([p.cpu() for p in rgb_to_planes(rgb, planar, colour)])
         with tempfile.TemporaryDirectory() as tmp:
-            muxer = Muxer(Path(tmp) / "enc.mp4", fmt="mp4", info=info, source=source, width=width, height=height,
-                          settings=settings, codec=codec, pix_fmt=pix_fmt, colour=colour)
-            started = time.perf_counter()
-            for frame, data in zip(frames, planes, strict=True):
-                muxer.write_frame(data, frame.pts, frame.time_base)
-            muxer.finish()
-            seconds = time.perf_counter() - started
+            result = run_video(VideoJob(clip, Path(tmp) / "out.mp4"), Upscaler(engine, batch=run.args.batch))
+    except Exception as err:
+        run.skipped.append(f"encoder: failed: {type(err).__name__}: {first_line(err)}")
+        return
     finally:
-        source.close()
-    alone = row("encoder", codec, "alone", "-", size=(info.height, info.width), batch=None, fps=len(frames) / seconds, macs=None, frames=len(frames))
-    alone["size"] = f"{height}x{width} out"  # what it encodes: the pipeline's output frames
+        release(engine)
+    h, w = run.args.size
+    alone = row("encoder", "none", "no network", "-", size=run.args.size, batch=run.args.batch, fps=result.fps, macs=None, frames=result.frames)
+    alone["size"] = f"{h * scale}x{w * scale} out"  # what it encodes: the pipeline's output frames
     run.add(alone)
 
 
@@ -362,7 +364,7 @@ def report(run: Run) -> str:
         f" cuDNN {info['cudnn']}, triton {info.get('triton', '-')}, PyAV {info['pyav']}; {info['cpu']} ({info['cores']} cores)\n"
         f"# random-initialised networks; median of {run.args.repeat} calls after {run.args.warmup}; bf16 matmul peak"
         f" {run.peak or 0:.1f} TFLOP/s (best of before/after); pipeline = vsr run on a {run.args.size[1]}x{run.args.size[0]}"
-        f" H.264 clip of {run.args.frames} frames into libx264 CRF 18 medium; encoder = that encoder alone on the same output frames"
+        f" H.264 clip of {run.args.frames} frames into libx264 CRF 18 medium; encoder = the same run with no network (nearest x4)"
     )
     tail = "".join(f"\n# skipped {s}" for s in run.skipped)
     return f"{head}\n{table(run.rows) if run.rows else '(no rows)'}{tail}"

@@ -23,7 +23,7 @@ def test_cpu_smoke_makes_every_kind_of_row(tmp_path, vsr_home):
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "bench_gpu.json").read_text())
     rows = data["rows"]
-    assert {(r["kind"], r["mode"]) for r in rows} == {("model", "eager"), ("model", "channels_last"), ("pipeline", "channels_last"), ("encoder", "alone")}
+    assert {(r["kind"], r["mode"]) for r in rows} == {("model", "eager"), ("model", "channels_last"), ("pipeline", "channels_last"), ("encoder", "no network")}
     peak = rows[0]["peak_tflops"]
     assert peak > 0 and all(r["peak_tflops"] == peak for r in rows)
     for r in rows:
@@ -34,7 +34,8 @@ def test_cpu_smoke_makes_every_kind_of_row(tmp_path, vsr_home):
             assert r["peak_fraction"] == pytest.approx(r["tflops"] / peak, rel=2e-2, abs=1e-3)
     pipeline = next(r for r in rows if r["kind"] == "pipeline")
     assert pipeline["frames"] == 2 and pipeline["layout"] == "NHWC"
-    assert next(r for r in rows if r["kind"] == "encoder")["size"] == "128x192 out"
+    encoder = next(r for r in rows if r["kind"] == "encoder")
+    assert encoder["size"] == "128x192 out" and encoder["frames"] == 2 and encoder["tflops"] is None
     assert sorted(data["skipped"]) == ["SRVGG compiled fp32: CUDA only", "SRVGG graphs fp32: CUDA only"]
     assert data["environment"]["pyav"] and data["environment"]["torch"]
     # The table is printed last and saved beside the JSON.

@@ -1,10 +1,10 @@
 """Which backend runs a model: ``--backend auto|torch|onnxruntime|tensorrt [--engine PATH]``.
 
 ``auto`` picks TensorRT when it imports and the device is a GPU, else torch. onnxruntime and
-TensorRT run an ONNX export of the model made in memory (dynamic shapes for onnxruntime; for
-TensorRT the build goes through the engine cache, so it happens once per model, shape profile,
-library versions and GPU), or the file given with ``--engine``: an ``.onnx`` for onnxruntime, a
-plan built by ``vsr build-engine`` for TensorRT.
+TensorRT run a dynamic-shape ONNX export of the model (made once and cached; for TensorRT the
+build goes through the engine cache too, so it happens once per model, shape profile, library
+versions and GPU), or the file given with ``--engine``: an ``.onnx`` for onnxruntime, a plan built
+by ``vsr build-engine`` for TensorRT.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def create_engine(
 ) -> Engine:
     """Build the engine ``backend`` (already resolved, not ``auto``) for ``model_ref``.
 
-    ``batch`` and ``tile`` shape TensorRT's optimisation profile (tile 0: its default tile).
+    ``batch`` and ``tile`` shape TensorRT's optimisation profile: ``tile`` N builds for batches of
+    N x N tiles; ``tile`` 0 builds per input size on first use (:mod:`vsr.engines.trt_frames`), so
+    video frames go through whole wherever the memory allows.
     """
     from .. import models
 
@@ -84,8 +86,13 @@ def create_engine(
                 raise UsageError("the TensorRT path builds fp16 or fp32 engines; use --fp16, or --backend torch for bf16")
             model = models.load(model_ref)
             fp16 = dtype == torch.float16
-            config = BuildConfig(batch=batch, tile=(tile, tile) if tile else None, fp16=fp16)
-            engine = TrtEngine.from_onnx(cached_onnx(model, fp16=fp16), config, spec=model.spec, device=device)
+            if tile:
+                config = BuildConfig(batch=batch, tile=(tile, tile), fp16=fp16)
+                engine = TrtEngine.from_onnx(cached_onnx(model, fp16=fp16), config, spec=model.spec, device=device)
+            else:  # whole frames where memory allows: built for the size the Upscaler sends
+                from .trt_frames import trt_frame_engine
+
+                engine = trt_frame_engine(cached_onnx(model, fp16=fp16), spec=model.spec, device=device, fp16=fp16, batch=batch)
         _warn_precision(engine, dtype)
         return engine
     raise UsageError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")

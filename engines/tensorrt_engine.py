@@ -53,6 +53,9 @@ DEFAULT_BATCH = 4
 # Smallest tile side a tile-mode profile accepts: frames smaller than the tile arrive whole.
 MIN_PROFILE_SIDE = 16
 OPT_LEVELS = range(0, 6)
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment"; a less
+# aligned address is refused (the call returns False) and the run would use a stale address.
+TENSOR_ALIGNMENT = 256
 
 Shape = tuple[int, int, int, int]
 
@@ -874,7 +877,7 @@ class TrtEngine:
                 f"input shape {shape} is outside the TensorRT engine's profile ({self.profile.describe()});"
                 " plan tiles inside it or rebuild the engine"
             )
-        x = x.to(device=self.device, dtype=self.dtype).contiguous()
+        x = aligned(x.to(device=self.device, dtype=self.dtype).contiguous())
         mark = _LOGGER.seq if _LOGGER is not None else 0
         with self._lock, torch.cuda.device(self.device):
             ctx = self._context
@@ -883,8 +886,11 @@ class TrtEngine:
                     raise ValueError(f"TensorRT rejected input shape {shape} (profile {self.profile.describe()})")
                 self._shape = shape
             y = torch.empty(tuple(ctx.get_tensor_shape(self.output_name)), dtype=self.out_dtype, device=self.device)
-            ctx.set_tensor_address(self.input_name, x.data_ptr())
-            ctx.set_tensor_address(self.output_name, y.data_ptr())
+            for name, tensor in ((self.input_name, x), (self.output_name, y)):
+                if not ctx.set_tensor_address(name, tensor.data_ptr()):
+                    raise RuntimeError(
+                        f"TensorRT refused the address of {name!r} ({tensor.data_ptr():#x}): {_recent_errors(_LOGGER, mark)}"
+                    )
             current = torch.cuda.current_stream(self.device)
             if current.cuda_stream == 0:
                 # The legacy default stream makes TensorRT synchronise the device; use a side stream
@@ -908,6 +914,12 @@ class TrtEngine:
 
     def __repr__(self) -> str:
         return f"TrtEngine({self.spec.describe()}, {self.device}, {_PRECISION_NAMES.get(self.dtype, self.dtype)}, {self.profile.describe()})"
+
+
+def aligned(x: torch.Tensor, alignment: int = TENSOR_ALIGNMENT) -> torch.Tensor:
+    """``x``, or a copy of it when its data does not start on an ``alignment``-byte boundary (a
+    slice of a batch, e.g. ``frames[1:3]``, starts wherever the previous items end)."""
+    return x if x.data_ptr() % alignment == 0 else x.clone()
 
 
 def _check_compatible(meta: Mapping[str, Any], plan_path: Path, dev: torch.device) -> None:

@@ -28,8 +28,10 @@ the usual reassociation of floating-point sums):
     Every call copies its input into the static input buffer, replays the graph on the current
     stream and returns a clone of the static output, so results of earlier calls stay valid.
     Removes the per-kernel launch overhead (RRDBNet x4 launches over a thousand kernels a frame).
-    Capture uses ``capture_error_mode="thread_local"`` because the video pipeline decodes and
-    encodes on other threads while the compute thread captures.
+    All graphs of an engine share one memory pool (``torch.cuda.graph_pool_handle``), so the
+    whole-frame graph and the one for a clip's shorter last batch do not each hold their own
+    activations. Capture uses ``capture_error_mode="thread_local"`` because the video pipeline
+    decodes and encodes on other threads while the compute thread captures.
 
 On a non-CUDA device ``compile`` and ``cuda_graphs`` are **ignored with a warning** (logged once
 per engine) and the engine runs eagerly; invalid option values and impossible combinations are
@@ -52,7 +54,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..device import dtype_name
+from ..device import dtype_name, precision_works
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -65,19 +67,6 @@ DEFAULT_MAX_GRAPHS = 4
 # Forward passes on the side stream before a capture: cuDNN/cuBLAS handles and workspaces,
 # autotuning and (when compiled) compilation all happen here, never inside the capture.
 GRAPH_WARMUP = 3
-
-
-def precision_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a 3x3 convolution runs in ``dtype`` on ``device`` (CPU fp16 is missing in some builds)."""
-    if dtype == torch.float32:
-        return True
-    try:
-        conv = nn.Conv2d(3, 4, 3, padding=1).to(device=device, dtype=dtype)
-        with torch.inference_mode():
-            conv(torch.zeros(1, 3, 8, 8, device=device, dtype=dtype))
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
 
 
 def check_options(*, channels_last: bool | None, compile: bool | str, cuda_graphs: bool, max_graphs: int) -> str | None:
@@ -156,6 +145,9 @@ class TorchEngine:
         # Inductor's own CUDA graphs reuse their output memory on the next call: clone those outputs.
         self._inductor_graphs = compile_mode in INDUCTOR_GRAPH_MODES
         self._graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
+        # One private memory pool for all of this engine's graphs (see _replay for why sharing is safe).
+        self._pool = None
+        self._replayed: torch.cuda.Event | None = None  # end of the last replay and its output clone
         self._lock = threading.Lock()
         log.info("%s", self.describe())
 
@@ -231,8 +223,18 @@ class TorchEngine:
             else:
                 self._graphs.move_to_end(key)
                 entry.input.copy_(x)
+            # All graphs share one memory pool, so one graph's replay may overwrite another's
+            # intermediates and static output. That is safe because every replay is followed at once
+            # by the clone of its own output, and replays never overlap on the device: one issued
+            # from another stream first waits for the end of the previous replay and clone.
+            current = torch.cuda.current_stream(self.device)
+            if self._replayed is not None:
+                current.wait_event(self._replayed)
             entry.graph.replay()
-            return entry.output.clone(memory_format=torch.contiguous_format)
+            out = entry.output.clone(memory_format=torch.contiguous_format)
+            self._replayed = torch.cuda.Event()
+            self._replayed.record(current)
+            return out
 
     def _capture(self, x: torch.Tensor) -> _Graph:
         """Warm up on a side stream, then capture one forward pass on that stream."""
@@ -248,8 +250,10 @@ class TorchEngine:
                 self._fn(static_in)
         current.wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
                 static_out = self._fn(static_in)
         except Exception as err:
             with contextlib.suppress(Exception):
@@ -266,6 +270,7 @@ class TorchEngine:
             with contextlib.suppress(Exception):
                 entry.graph.reset()
         self._graphs.clear()
+        self._pool = None  # the next capture starts a fresh pool; the old one goes with its graphs
 
 
 def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype, *, channels_last: bool = False) -> nn.Module:

@@ -455,3 +455,39 @@ def test_build_engine_to_output_and_load_from_file(trt, tmp_path):
     fp32 = export_fp16_onnx(tiny_rrdb(), tmp_path / "tiny_fp32.onnx", half=False)
     with pytest.raises(UsageError):
         build_engine(fp32, tmp_path / "x.engine", BuildConfig(fp16=True))
+
+
+def test_tensor_addresses_are_aligned_before_they_reach_tensorrt():
+    # set_tensor_address refuses pointers without 256-byte alignment; a slice of a batch has one.
+    assert te.TENSOR_ALIGNMENT == 256
+    base = torch.arange(3 * 3 * 5 * 7, dtype=torch.float16).reshape(3, 3, 5, 7)
+    assert te.aligned(base, 64) is base  # the CPU allocator aligns to 64 bytes
+    part = base[1:]
+    assert part.data_ptr() % 64 and part.is_contiguous()
+    fixed = te.aligned(part, 64)
+    assert fixed is not part and fixed.data_ptr() % 64 == 0 and torch.equal(fixed, part)
+
+
+@pytest.mark.needs_cuda
+def test_frame_engine_builds_a_whole_frame_profile_under_the_upscaler(trt, tmp_path):
+    from helpers import crop, psnr
+    from vsr.engines.trt_frames import trt_frame_engine
+    from vsr.upscale import Upscaler
+
+    model = tiny_rrdb()
+    onnx_path = export_fp16_onnx(tiny_rrdb(), tmp_path / "tiny_fp16.onnx")
+    engine = trt_frame_engine(onnx_path, spec=model.spec, device=torch.device("cuda"), fp16=True, batch=3, root=tmp_path / "engines")
+    frames = np.stack([crop(name, 40, 60, 72, 120) for name in ("astronaut", "coffee", "chelsea")])
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    out = Upscaler(engine, tile=0, batch=3)(x.cuda())
+    assert engine.sizes == [(72, 120)]
+    built = engine.engine_for((3, 3, 72, 120))
+    assert built.profile == ShapeRange((1, 3, 72, 120), (3, 3, 72, 120), (3, 3, 72, 120))  # one whole-frame call of 3
+    with torch.inference_mode():
+        ref = model.float()(x)
+    assert psnr(to_uint8(out), to_uint8(ref)) >= 45
+    # A misaligned slice of the batch goes in too (copied to an aligned buffer first).
+    part = x.cuda().half()[1:]
+    assert part.data_ptr() % te.TENSOR_ALIGNMENT
+    assert psnr(to_uint8(built(part)), to_uint8(ref[1:])) >= 45
+    engine.close()

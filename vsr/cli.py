@@ -100,14 +100,15 @@ def _unit_interval(text: str) -> float:
 
 def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
+    from .device import PRECISION_CHOICES
     from .models.zoo import DEFAULT_MODEL
     from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
     parser.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)")
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, help="compute precision (default auto: fp16 on CUDA, bf16 where fp16 does not run, fp32 on the CPU)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16 (--no-fp16: fp32)")
     parser.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
     parser.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
     parser.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
@@ -318,11 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _precision(args: argparse.Namespace) -> str:
-    """--precision / --fp16 resolved (and checked together with the tile flags)."""
-    precision = args.precision or "fp32"
+    """--precision / --fp16 resolved (and checked together with the tile flags); ``auto`` is
+    turned into a dtype on the device the engine runs on (:func:`vsr.device.resolve_dtype`)."""
+    precision = args.precision or "auto"
     if args.fp16 is not None:
         wanted = "fp16" if args.fp16 else "fp32"
-        if args.precision and args.precision != wanted:
+        if args.precision not in (None, "auto", wanted):
             raise UsageError(f"--{'' if args.fp16 else 'no-'}fp16 contradicts --precision {args.precision}; give one of them")
         precision = wanted
     if args.tile and args.tile_overlap >= args.tile:

@@ -37,6 +37,7 @@ from .media.plan import PictureOptions, VideoPlan, plan_video
 from .media.presentation import Orientation
 from .media.trim import Trim, format_time
 from .paths import check_output, publish
+from .transfer import Transfer
 from .upscale import Upscaler, resample
 
 log = logging.getLogger(__name__)
@@ -159,45 +160,6 @@ class Stage(threading.Thread):
 # --------------------------------------------------------------------------- colour dispatch
 
 
-class Transfer:
-    """Host <-> device copies of the compute stage.
-
-    On CUDA the copies run on their own stream, from and to pinned host memory, so uploading the
-    next batch and downloading the last one overlap the network on the compute stream; a download
-    hands back an event the encode thread waits on, so the compute thread never blocks on it.
-    On the CPU both directions are plain (zero-copy where possible).
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def upload(self, host: torch.Tensor) -> torch.Tensor:
-        if self.stream is None:
-            return host.to(self.device)
-        host = host.pin_memory()
-        with torch.cuda.stream(self.stream):
-            dev = host.to(self.device, non_blocking=True)
-        compute = torch.cuda.current_stream(self.device)
-        compute.wait_stream(self.stream)
-        dev.record_stream(compute)  # the allocator must not reuse it while the compute stream reads
-        return dev
-
-    def download(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], None] | None]:
-        """Start copying ``tensors`` to the host; returns the host tensors and a wait function
-        (None when they are ready already)."""
-        if self.stream is None:
-            return [t.cpu() for t in tensors], None
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
-            for t in tensors:
-                t.record_stream(self.stream)
-            done = torch.cuda.Event()
-            done.record(self.stream)
-        return host, done.synchronize
-
-
 def planes_to_rgb(frames: list[Frame], device: torch.device, transfer: Transfer | None = None) -> torch.Tensor:
     """Decoded planes of a batch of frames (one pixel format and colour) -> float32 RGB
     ``(N, 3, H, W)`` on ``device``, with the matrix and range the frames declare."""
@@ -317,7 +279,7 @@ def run_video(
     encode thread after every frame (progress); ``on_start(info)`` once the input is open."""
     fmt = check_job(job)
     started = time.perf_counter()
-    source, info = open_input(job.source, hwaccel=job.hwaccel)
+    source, info = open_input(job.source, hwaccel=job.hwaccel, hwaccel_device=cuda_index(upscaler))
     try:
         log.info("input %s: %s", job.source, info.describe())
         check_trim(job.trim, info)
@@ -413,6 +375,12 @@ def _dali_device(upscaler: Upscaler) -> str:
     return "gpu" if upscaler.engine.device.type == "cuda" else "cpu"
 
 
+def cuda_index(upscaler: Upscaler) -> int | None:
+    """The engine's GPU index (NVDEC decodes there, where the frames go next); None off CUDA."""
+    device = upscaler.engine.device
+    return device.index if device.type == "cuda" else None
+
+
 def _raise_stage_errors(stages: list[Stage]) -> None:
     for stage in stages:
         if stage.error is not None:
@@ -466,9 +434,10 @@ class BatchCompute:
         self.size, self.resize, self.orient = (plan.height, plan.width), plan.resize, plan.orient
 
     def __call__(self, group: list[Frame]):
-        rgb = orient_frames(planes_to_rgb(group, self.upscaler.engine.device, self.transfer), self.orient)
-        out = fit_output(self.upscaler(rgb), self.size, self.resize)
-        host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
+        with self.transfer.computing():
+            rgb = orient_frames(planes_to_rgb(group, self.upscaler.engine.device, self.transfer), self.orient)
+            out = fit_output(self.upscaler(rgb), self.size, self.resize)
+            host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
         return host, ready, [(f.pts, f.time_base) for f in group]
 
 

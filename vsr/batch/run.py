@@ -64,7 +64,7 @@ class UpscalerSpec:
 
     model: str = "realesrgan-x4plus"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     backend: str = "auto"
     engine_path: str | None = None
     tile: int = 0
@@ -81,7 +81,7 @@ class UpscalerSpec:
         device = resolve_device(self.device)
         backend = choose_backend(self.backend, device)
         engine = create_engine(
-            backend, model_ref=self.model, device=device, dtype=resolve_dtype(self.precision),
+            backend, model_ref=self.model, device=device, dtype=resolve_dtype(self.precision, device),
             engine_path=Path(self.engine_path) if self.engine_path else None, batch=self.batch, tile=self.tile,
             compile=self.compile, cuda_graphs=self.cuda_graphs,
         )

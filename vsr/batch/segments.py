@@ -50,7 +50,7 @@ from ..media.encode import EncodeSettings, Muxer, container_format
 from ..media.plan import PictureOptions
 from ..media.trim import Trim
 from ..paths import publish
-from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, frame_batches, plan_output, write_batch
+from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, cuda_index, frame_batches, plan_output, write_batch
 from ..upscale import Upscaler
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,9 @@ class _SeekMissed(Exception):
     """The demuxer's seek landed after the first frame of the range (imprecise index, e.g. MPEG-TS)."""
 
 
-def iter_segment_frames(path: Path, segment: Segment, *, hwaccel: str | None = None, picture: PictureOptions = PictureOptions()) -> Iterator[tuple[VideoInfo, Frame]]:
+def iter_segment_frames(
+    path: Path, segment: Segment, *, hwaccel: str | None = None, hwaccel_device: int | None = None, picture: PictureOptions = PictureOptions(),
+) -> Iterator[tuple[VideoInfo, Frame]]:
     """Decoded frames of ``segment`` (and the source's info), exactly its pts range, in order,
     deinterlaced as ``picture`` says and moved back by the segment's offset.
 
@@ -239,7 +241,7 @@ def iter_segment_frames(path: Path, segment: Segment, *, hwaccel: str | None = N
     frame, it decodes from the beginning instead (slower, still exact).
     """
     for attempt in ("seek", "from the start"):
-        container, info = open_input(path, hwaccel=hwaccel)
+        container, info = open_input(path, hwaccel=hwaccel, hwaccel_device=hwaccel_device)
         try:
             if attempt == "seek" and segment.seek_pts is not None:
                 container.seek(segment.seek_pts, stream=container.streams[info.stream_index], backward=True, any_frame=False)
@@ -401,7 +403,7 @@ def _remove_stale_temp(piece: Path) -> None:
 
 
 def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, picture: PictureOptions, fmt: str, on_frame) -> dict[str, Any]:
-    frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel, picture=picture)
+    frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel, hwaccel_device=cuda_index(upscaler), picture=picture)
     first = next(frames_iter, None)
     if first is None:
         raise VsrError(f"segment {segment.index} of {source} decoded no frame (the index promised {segment.frames}); run without segments")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
 from ..frame import Frame, StreamInfo, VideoInfo
 from . import presentation
 from .deinterlace import DeinterlacePlan, Deinterlacer
+from .nvdec import decode_threads, decoded_by_nvdec
 from .trim import Trim, Window, format_time, shift_packet
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,11 @@ def _is_cover_art(stream: av.stream.Stream) -> bool:
         return False
 
 
-def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.InputContainer, VideoInfo]:
+def open_input(path: Path, *, hwaccel: str | None = None, hwaccel_device: int | None = None) -> tuple[av.container.InputContainer, VideoInfo]:
     """Open ``path`` and describe its first video stream (cover art does not count).
 
-    ``hwaccel="cuda"`` asks FFmpeg for NVDEC decoding (frames are downloaded to host memory).
+    ``hwaccel="cuda"`` asks FFmpeg for NVDEC decoding (frames are downloaded to host memory) on GPU
+    ``hwaccel_device`` (default: FFmpeg's, the first visible GPU).
     """
     path = Path(path)
     if not path.exists():
@@ -74,7 +77,7 @@ def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.
         raise InputError(f"input {path} is empty (0 bytes); nothing to upscale")
     options = {}
     if hwaccel:
-        options["hwaccel"] = _hwaccel(hwaccel)
+        options["hwaccel"] = _hwaccel(hwaccel, hwaccel_device)
     try:
         container = av.open(str(path), mode="r", **options)
     except av.error.FileNotFoundError as err:
@@ -91,7 +94,7 @@ def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.
     return container, _with_first_frame(info)
 
 
-def _hwaccel(name: str):
+def _hwaccel(name: str, device: int | None = None):
     from av.codec.hwaccel import HWAccel, hwdevices_available
 
     if name != "cuda":
@@ -101,7 +104,7 @@ def _hwaccel(name: str):
     if "cuda" not in hwdevices_available() or not torch.cuda.is_available():
         raise BackendUnavailable("--hwaccel cuda needs an NVIDIA GPU and driver (NVDEC); none found, leave --hwaccel out to decode on the CPU")
     # Software fallback stays on: NVDEC does not take every profile (e.g. 4:2:2 H.264).
-    return HWAccel(device_type="cuda", allow_software_fallback=True)
+    return HWAccel(device_type="cuda", device=None if device is None else str(device), allow_software_fallback=True)
 
 
 def _ffmpeg_reason(err: BaseException) -> str:
@@ -266,6 +269,8 @@ _END_MARGIN = Fraction(10)
 def _iter_media(container, info: VideoInfo, *, copy_streams: Collection[int], window: Window | None, plan: DeinterlacePlan, seek: bool) -> Iterator[Frame | CopiedPacket]:
     video = container.streams[info.stream_index]
     video.thread_type = "AUTO"
+    if video.codec_context.is_hwaccel:  # NVDEC: the thread count must fit its decode surfaces
+        video.codec_context.thread_count = decode_threads(os.cpu_count() or 1)
     # Attachments have no packets: their data travels with the stream header (see encode.py).
     copied = [container.streams[i] for i in copy_streams if container.streams[i].type != "attachment"]
     if seek:
@@ -285,8 +290,14 @@ def _iter_media(container, info: VideoInfo, *, copy_streams: Collection[int], wi
             return
         yield from (deinterlacer.push(raw) if raw is not None else deinterlacer.flush())
 
+    nvdec_checked = not video.codec_context.is_hwaccel
+
     def emit(raw: av.VideoFrame | None) -> Iterator[Frame | CopiedPacket]:
-        nonlocal count
+        nonlocal count, nvdec_checked
+        if raw is not None and not nvdec_checked:
+            nvdec_checked = True
+            if not decoded_by_nvdec(raw.format.name):
+                log.warning("input %s: NVDEC cannot decode this stream (%s); decoding on the CPU instead", info.path, raw.format.name)
         for frame in frames_of(raw):
             verdict = cut.frame(frame)
             if verdict == "drop":

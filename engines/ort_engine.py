@@ -15,10 +15,8 @@ host: the first host read of the output (the encoder's download) is where anyone
 Shapes. A dynamic export takes any ``(N, C, H, W)`` with H and W multiples of
 ``spec.multiple_of``. A fixed export (``--tile H W --batch B``) is exposed as
 :attr:`OrtEngine.fixed_shape` so the tiler can plan tiles of exactly that size; besides that the
-engine copes with what a tiler produces anyway: any number of tiles (run ``B`` at a time, the last
-group zero-padded, which is exact since batch items are independent) and tiles *smaller* than the
-fixed size (a frame smaller than the tile: padded bottom/right by reflection like
-:func:`vsr.upscale._pad`, output cropped). Larger tiles are a ``ValueError``.
+engine copes with what a tiler produces anyway (:func:`vsr.engines.fixed.run_fixed`): any number
+of tiles and tiles *smaller* than the fixed size. Larger tiles are a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -28,11 +26,11 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from ..device import dtype_name
 from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
 from ..paths import vsr_home
+from .fixed import check_input, run_fixed
 from .onnx_export import INSTALL_HINT, SPEC_KEY, spec_from_json
 
 log = logging.getLogger(__name__)
@@ -208,25 +206,8 @@ class OrtEngine:
         the graph output's type (``out_dtype``)."""
         self._live()
         x = x.to(device=self.device, dtype=self.dtype)
-        n, height, width = self._check(x)
-        fixed_h, fixed_w = self.input_shape[2], self.input_shape[3]
-        pad_h = fixed_h - height if fixed_h is not None else 0
-        pad_w = fixed_w - width if fixed_w is not None else 0
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        group = self.input_shape[0] or n
-        outs = []
-        for start in range(0, n, group):
-            chunk = x[start : start + group]
-            count = chunk.shape[0]
-            if count < group:
-                # Batch items are independent, so zero padding the last group changes nothing.
-                chunk = torch.cat([chunk, chunk.new_zeros((group - count, *chunk.shape[1:]))])
-            outs.append(self._run(chunk.contiguous())[:count])
-        y = outs[0] if len(outs) == 1 else torch.cat(outs)
-        s = self.spec.scale
-        return y[..., : height * s, : width * s] if (pad_h or pad_w) else y
+        check_input(x, self.spec, self.input_shape, self.name)
+        return run_fixed(x, self.input_shape, self.spec.scale, self._run)
 
     def close(self) -> None:
         """Drop the session (and its device memory); the engine is unusable afterwards."""
@@ -242,21 +223,6 @@ class OrtEngine:
         if self._session is None:
             raise RuntimeError("OrtEngine used after close()")
         return self._session
-
-    def _check(self, x: torch.Tensor) -> tuple[int, int, int]:
-        if x.dim() != 4 or x.shape[1] != self.spec.in_channels:
-            raise ValueError(f"expected (N, {self.spec.in_channels}, H, W) input, got shape {tuple(x.shape)}")
-        n, _, height, width = x.shape
-        m = self.spec.multiple_of
-        if height % m or width % m:
-            raise ValueError(f"input {width}x{height} is not a multiple of {m}; pad it first (the Upscaler does)")
-        fixed_h, fixed_w = self.input_shape[2], self.input_shape[3]
-        if (fixed_h is not None and height > fixed_h) or (fixed_w is not None and width > fixed_w):
-            raise ValueError(
-                f"{self.name} was exported for {fixed_w}x{fixed_h} tiles and cannot take {width}x{height};"
-                f" use tiles of at most that size (engine.fixed_shape) or export with --dynamic"
-            )
-        return n, height, width
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """One session run on a contiguous input of an accepted shape, via IO binding."""

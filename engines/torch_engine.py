@@ -4,10 +4,11 @@
 device three options speed it up (all documented torch APIs, none of them changes the maths beyond
 the usual reassociation of floating-point sums):
 
-``channels_last`` (default: on for CUDA, off elsewhere)
+``channels_last`` (default: on for CUDA and the CPU, off elsewhere)
     Model weights and inputs in ``torch.channels_last`` (NHWC) memory format, which is what cuDNN's
     tensor-core convolution kernels want; the output is handed back as a contiguous NCHW tensor.
-    Explicitly ``True`` on the CPU is honoured (oneDNN has NHWC kernels too).
+    On the CPU oneDNN's NHWC kernels were faster than NCHW for both RRDBNet and SRVGGNetCompact at
+    every frame size measured (docs/BENCHMARKS.md, "torch on the CPU"), so it is the CPU default too.
 
 ``compile`` (default off)
     ``torch.compile(model, mode=..., dynamic=False)``. ``True`` means mode
@@ -64,6 +65,8 @@ DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
 # Inductor modes that wrap the compiled code in Inductor's own CUDA graphs (list_mode_options()).
 INDUCTOR_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 DEFAULT_MAX_GRAPHS = 4
+# Device types where channels_last is the default (measured faster on the CPU: module notes).
+CHANNELS_LAST_DEVICES = frozenset({"cuda", "cpu"})
 # Forward passes on the side stream before a capture: cuDNN/cuBLAS handles and workspaces,
 # autotuning and (when compiled) compilation all happen here, never inside the capture.
 GRAPH_WARMUP = 3
@@ -134,7 +137,7 @@ class TorchEngine:
         self.spec = model.spec
         self.device = device
         self.dtype = dtype
-        self.channels_last: bool = on_cuda if channels_last is None else channels_last
+        self.channels_last: bool = device.type in CHANNELS_LAST_DEVICES if channels_last is None else channels_last
         self.compile_mode: str | None = compile_mode
         self.cuda_graphs: bool = cuda_graphs
         self.max_graphs = max_graphs

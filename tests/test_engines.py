@@ -253,7 +253,7 @@ def test_fixed_engine_exposes_its_shape_and_pads_smaller_tiles():
     # More tiles than the fixed batch are run a batch at a time.
     with torch.inference_mode():
         assert psnr(quantize(engine(photos()), 8), quantize(model("srvgg")(photos()), 8)) >= MIN_DB["fp32"]
-    with pytest.raises(ValueError, match="exported for 48x40 tiles"):
+    with pytest.raises(ValueError, match="built for 48x40 tiles"):
         engine(photos(SIZE[0], SIZE[1] + 8))
     # Smaller tiles (a frame smaller than the tile) are padded and cropped: exact away from the
     # padded edge, which is further than the network's receptive field (4 convs: 4 pixels).

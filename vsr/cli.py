@@ -101,18 +101,23 @@ def _unit_interval(text: str) -> float:
 def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
     from .device import PRECISION_CHOICES
+    from .engines.backends import BACKENDS
     from .models.zoo import DEFAULT_MODEL
     from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
     parser.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one); with --backend openvino: CPU, GPU, GPU.N or NPU")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, help="compute precision (default auto: fp16 on CUDA, bf16 where fp16 does not run, fp32 on the CPU)")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16 (--no-fp16: fp32)")
     parser.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
     parser.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
-    parser.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto", help="auto (default): TensorRT when it is installed and the device is a GPU, else torch")
+    parser.add_argument("--batch", type=_positive_int, default=None, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH} on a GPU; on the CPU chosen by frame size)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU cores vsr may use for the network (default: all)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="auto (default): TensorRT when it is installed and the device is a GPU; on the CPU OpenVINO when it is installed, else torch",
+    )
     parser.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
     parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE", help="torch on CUDA: torch.compile the network (default mode max-autotune-no-cudagraphs)")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: capture and replay CUDA graphs per tile shape")
@@ -388,7 +393,7 @@ def _upscaler_spec(args: argparse.Namespace, precision: str):
     return UpscalerSpec(
         model=args.model, device=args.device, precision=precision, backend=args.backend,
         engine_path=str(args.engine) if args.engine else None, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
-        compile=args.compile, cuda_graphs=args.cuda_graphs,
+        compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads,
     )
 
 
@@ -400,8 +405,8 @@ def _make_upscaler(args: argparse.Namespace, precision: str):
     engine = upscaler.engine
     limits = engine_limits(engine)
     log.info(
-        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(engine.dtype), engine.device,
-        f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
+        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(getattr(engine, "compute_dtype", engine.dtype)),
+        getattr(engine, "ov_device", engine.device), f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
     )
     return upscaler
 

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OVERLAP = 16
 DEFAULT_BATCH = 4
+# LR pixels per engine call on the CPU when --batch is not given. Measured on a 2-core AVX-512 CPU
+# (docs/BENCHMARKS.md, "torch on the CPU"): batches of small frames cost less per frame than
+# single frames, but from about 96x128 up a batch of 2 or 4 costs more per frame than one frame
+# (the activations of a batch leave the caches).
+CPU_BATCH_PIXELS = 16384
 # Smallest tile the out-of-memory fallback will try before giving up.
 MIN_TILE = profiles.MIN_TILE
 # Share of free memory the automatic tile size may plan to use (activations are estimates).
@@ -74,6 +79,12 @@ def device_blend_weights(plan: tiling.TilePlan, device: torch.device) -> tuple[t
     return tuple(to_device_once(w, device) for w in tiling.blend_weights(plan))
 
 
+def cpu_batch(height: int, width: int, *, most: int = DEFAULT_BATCH, pixels: int = CPU_BATCH_PIXELS) -> int:
+    """Inputs of ``height`` x ``width`` per engine call on the CPU when ``--batch`` is not given:
+    as many as fit in ``pixels`` LR pixels, from 1 to ``most``."""
+    return max(1, min(most, pixels // max(1, height * width)))
+
+
 def engine_limits(engine: Engine) -> tuple[int, int, int] | None:
     """(batch, height, width) an engine takes at most per call, or None when any shape goes.
 
@@ -107,10 +118,14 @@ class Upscaler:
 
     ``tile`` 0 picks the tile size from free memory (the whole frame when it fits). If the device
     still runs out of memory, the frame is retried with half the tile size, down to ``MIN_TILE``;
-    only then does it fail with exit 75. ``batch`` is the number of tiles per engine call.
+    only then does it fail with exit 75. ``batch`` is the number of tiles per engine call; None
+    (``--batch`` not given) groups frames by ``DEFAULT_BATCH`` and, on the CPU, sizes each engine
+    call by :func:`cpu_batch` for the tile or frame size (logged once per size).
     """
 
-    def __init__(self, engine: Engine, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, batch: int = DEFAULT_BATCH):
+    def __init__(self, engine: Engine, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, batch: int | None = DEFAULT_BATCH):
+        self.auto_batch = batch is None
+        batch = DEFAULT_BATCH if batch is None else batch
         if tile < 0 or overlap < 0 or batch < 1:
             raise ValueError("tile and overlap must be >= 0 and batch >= 1")
         if tile and overlap >= tile:
@@ -123,6 +138,7 @@ class Upscaler:
         self.batch = min(batch, self.limits[0]) if self.limits else batch
         self._fitted_tile: int | None = None  # smaller tile found by an out-of-memory fallback
         self._planned: dict[tuple[int, int, int], int] = {}  # (height, width, frames) -> tile
+        self._call_batches: dict[tuple[int, int], int] = {}
 
     @property
     def scale(self) -> int:
@@ -185,19 +201,30 @@ class Upscaler:
         side -= side % self.engine.spec.multiple_of
         return side if tile == 0 else min(tile, side)
 
+    def call_batch(self, height: int, width: int) -> int:
+        """Inputs per engine call for ``height`` x ``width`` tiles (or whole frames)."""
+        if not self.auto_batch or self.engine.device.type != "cpu":
+            return self.batch
+        key = (height, width)
+        if key not in self._call_batches:
+            self._call_batches[key] = cpu_batch(height, width, most=self.batch)
+            log.info("batch %d per call for %dx%d inputs on the CPU (--batch not given)", self._call_batches[key], width, height)
+        return self._call_batches[key]
+
     def _run(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, height, width = x.shape
         s = self.scale
         spec = self.engine.spec
         overlap = min(self.overlap, max(0, tile - spec.multiple_of)) if tile else 0
         plan = tiling.plan_tiles(height, width, tile=tile, overlap=overlap, scale=s, multiple_of=spec.multiple_of)
+        batch = self.call_batch(plan.tile_h, plan.tile_w)
         if plan.whole:
-            return torch.cat([self.engine(x[i : i + self.batch]).float() for i in range(0, n, self.batch)])
+            return torch.cat([self.engine(x[i : i + batch]).float() for i in range(0, n, batch)])
         out = torch.zeros(n, spec.out_channels, height * s, width * s, device=x.device, dtype=torch.float32)
         wy, wx = device_blend_weights(plan, x.device)
         # Tiles of all frames in one stream, so a batch can mix frames (n, row i, column j).
         work = [(f, i, j) for f in range(n) for i in range(len(plan.ys)) for j in range(len(plan.xs))]
-        for chunk in _chunks(work, self.batch):
+        for chunk in _chunks(work, batch):
             origins = [(f, plan.ys[i], plan.xs[j]) for f, i, j in chunk]
             tiles_out = self.engine(extract_tiles(x, origins, plan.tile_h, plan.tile_w))
             weights = [wy[i][:, None] * wx[j][None, :] for _, i, j in chunk]

@@ -68,7 +68,7 @@ class PoolExecutor:
         self._output_dir = str(output_dir)
         self._on_progress = on_progress
         self._results = self._ctx.Queue()
-        cpu = os.cpu_count() or 1
+        cpu = getattr(make_upscaler, "threads", None) or os.cpu_count() or 1  # --threads is split between the workers
         self._threads = max(1, cpu // workers)
         self._procs: list = [None] * workers
         self._tasks: list = [None] * workers

@@ -69,25 +69,19 @@ class UpscalerSpec:
     engine_path: str | None = None
     tile: int = 0
     tile_overlap: int = 16
-    batch: int = 4
+    batch: int | None = None  # None: chosen by frame size on the CPU (vsr.upscale.cpu_batch)
     compile: bool | str = False
     cuda_graphs: bool = False
+    threads: int | None = None  # cores vsr may use (None: torch's default, or a worker's share)
 
     def __call__(self):
-        from ..device import resolve_device, resolve_dtype
-        from ..engines.backends import choose_backend, create_engine
-        from ..upscale import Upscaler
+        from ..runtime import build_upscaler
 
-        device = resolve_device(self.device)
-        backend = choose_backend(self.backend, device)
-        engine = create_engine(
-            backend, model_ref=self.model, device=device, dtype=resolve_dtype(self.precision, device),
-            engine_path=Path(self.engine_path) if self.engine_path else None, batch=self.batch, tile=self.tile,
-            compile=self.compile, cuda_graphs=self.cuda_graphs,
-        )
-        return Upscaler(engine, tile=self.tile, overlap=self.tile_overlap, batch=self.batch)
+        return build_upscaler(**asdict(self))
 
     def for_worker(self, index: int) -> UpscalerSpec:
+        # The pool has already split --threads (or the cores) between the workers.
+        self = replace(self, threads=None)
         if self.device not in ("auto", "cuda"):
             return self
         import torch
@@ -98,6 +92,7 @@ class UpscalerSpec:
     def fingerprint(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("device")  # where it runs does not change the result (precision and backend do)
+        out.pop("threads")
         model = Path(self.model)
         if model.is_file():
             st = model.stat()

@@ -118,13 +118,13 @@ def create_engine(
     raise UsageError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
 
 
-def choose_cpu_backend(arch: str, *, openvino_available: bool | None = None) -> str:
+def choose_cpu_backend(*, openvino_available: bool | None = None) -> str:
     """``--backend auto`` on the CPU: OpenVINO where it is installed, else torch.
 
-    Measured on a 2-core AVX-512 CPU (docs/BENCHMARKS.md, "CPU backend choice"): OpenVINO fp32
-    was as fast as torch channels_last or faster for SRVGGNetCompact at every frame size tried, and
-    faster for RRDBNet at every size; ``arch`` is the model's architecture, kept in the signature
-    so that a measured exception goes here.
+    Measured on a 2-core AVX-512 CPU, fp32 (docs/BENCHMARKS.md, "CPU backend choice"): OpenVINO
+    was as fast as torch channels_last or faster for SRVGGNetCompact at every frame size from
+    32x48 to 256x256 (within the noise at 64x96 and 256x256), and 7-30 % faster for RRDBNet
+    from 32x32 to 160x160, so the rule needs neither the model nor the frame size.
     """
     if openvino_available is None:
         openvino_available = importlib.util.find_spec("openvino") is not None

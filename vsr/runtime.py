@@ -43,7 +43,7 @@ def apply_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def resolve_backend(backend: str, device_text: str, model_ref: str) -> tuple[str, torch.device, str]:
+def resolve_backend(backend: str, device_text: str) -> tuple[str, torch.device, str]:
     """(backend, torch device, OpenVINO device name) for ``--backend``/``--device``.
 
     An OpenVINO-only device name (``GPU``, ``GPU.N``, ``NPU``) with ``--backend auto`` means
@@ -67,19 +67,10 @@ def resolve_backend(backend: str, device_text: str, model_ref: str) -> tuple[str
         return "openvino", torch.device("cpu"), openvino_device(device_text)
     device = resolve_device(device_text)
     if backend == "auto" and device.type == "cpu":
-        chosen = choose_cpu_backend(_arch(model_ref))
+        chosen = choose_cpu_backend()
         log.info("--backend auto on the CPU: %s (docs/BENCHMARKS.md, CPU backend choice)", chosen)
         return chosen, device, "CPU"
     return choose_backend(backend, device), device, "CPU"
-
-
-def _arch(model_ref: str) -> str:
-    """The architecture of a named model (no load) or of a checkpoint file."""
-    from . import models
-    from .models import zoo
-
-    entry = zoo.ZOO.get(model_ref)
-    return entry.arch if entry is not None else models.load(model_ref).spec.arch
 
 
 def build_upscaler(
@@ -102,7 +93,7 @@ def build_upscaler(
     from .upscale import DEFAULT_BATCH, Upscaler
 
     count = apply_threads(threads)
-    chosen, torch_device, ov_device = resolve_backend(backend, device, model)
+    chosen, torch_device, ov_device = resolve_backend(backend, device)
     if torch_device.type == "cpu":
         log.info("%d CPU thread(s) for the network (--threads; %d usable cores)", count, usable_cores())
     engine = create_engine(

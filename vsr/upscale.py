@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 DEFAULT_OVERLAP = 16
 DEFAULT_BATCH = 4
 # LR pixels per engine call on the CPU when --batch is not given. Measured on a 2-core AVX-512 CPU
-# (docs/BENCHMARKS.md, "torch on the CPU"): batches of small frames cost less per frame than
-# single frames, but from about 96x128 up a batch of 2 or 4 costs more per frame than one frame
-# (the activations of a batch leave the caches).
-CPU_BATCH_PIXELS = 16384
+# (docs/BENCHMARKS.md, "torch on the CPU"): a batch of 32x48 frames costs less per frame than
+# single frames, at 64x96 it makes no difference, and from 96x128 up a batch of 2 or 4 costs more
+# per frame than one frame (the activations of a batch leave the caches).
+CPU_BATCH_PIXELS = 8192
 # Smallest tile the out-of-memory fallback will try before giving up.
 MIN_TILE = profiles.MIN_TILE
 # Share of free memory the automatic tile size may plan to use (activations are estimates).

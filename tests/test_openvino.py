@@ -265,3 +265,17 @@ def test_upscaled_output_is_float32_on_the_cpu():
     y = engine(photos(16, 24).double())
     assert y.dtype == torch.float32 and y.device.type == "cpu" and y.is_contiguous()
     assert np.isfinite(y.numpy()).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesr-animevideov3"])
+def test_real_weights_match_torch_fp32(name):
+    # The pretrained networks themselves (RRDBNet and SRVGGNetCompact) on a real photograph.
+    from vsr import models
+
+    model = models.load(name)
+    x = photos(32, 32)[:1]
+    engine = OpenVinoEngine(model)
+    db = psnr(quantize(engine(x), 8), reference(model, x))
+    print(f"openvino fp32 {name}: {db:.2f} dB")
+    assert db >= 60

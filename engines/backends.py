@@ -21,6 +21,7 @@ import torch
 from ..device import dtype_name
 from ..errors import UsageError
 from . import Engine
+from .cache import model_digest
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,6 @@ def choose_cpu_backend(*, openvino_available: bool | None = None) -> str:
     if openvino_available is None:
         openvino_available = importlib.util.find_spec("openvino") is not None
     return "openvino" if openvino_available else "torch"
-
-
-def model_digest(model: torch.nn.Module) -> str:
-    """SHA-256 over a model's spec and every tensor of its state dict (names, dtypes, shapes, bytes)."""
-    digest = hashlib.sha256(repr(model.spec).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def cached_onnx(model: torch.nn.Module, *, fp16: bool) -> Path:

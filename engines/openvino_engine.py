@@ -4,7 +4,7 @@
 (``openvino.convert_model`` with an example input, which traces it; dynamic batch, height and
 width unless a fixed shape is asked for), compiled for the OpenVINO device, and the compiled model
 (``CompiledModel.export_model``) is kept in the engine cache ``$VSR_HOME/engines/openvino`` under
-a key of the weights (:func:`vsr.engines.backends.model_digest`), the precision, the input shape
+a key of the weights (:func:`vsr.engines.cache.model_digest`), the precision, the input shape
 (or "dynamic"), the performance hint, the OpenVINO and torch versions and the device's full name.
 Converting x4plus takes seconds; importing the cached file a fraction of that.
 
@@ -239,8 +239,7 @@ def cached_model(model: nn.Module, *, core, ov_device: str, dtype: torch.dtype, 
     """The compiled model file for ``model`` on ``ov_device``, converted and compiled once per key."""
     import openvino
 
-    from .backends import model_digest
-    from .cache import cache_dir, get_or_build
+    from .cache import cache_dir, get_or_build, model_digest
 
     device_name = str(core.get_property(ov_device, "FULL_DEVICE_NAME"))
     key = blob_key(model_digest(model), ov_device=ov_device, device_name=device_name, dtype=dtype, shape=shape, version=openvino.__version__)

@@ -174,7 +174,7 @@ class OpenVinoEngine:
         self._ov = ov
         self.ov_device = openvino_device(device)
         core = ov.Core()
-        _check_available(self.ov_device, core.available_devices)
+        _check_available(self.ov_device, _plugin_devices(core, self.ov_device))
         dtype = _supported(core, self.ov_device, dtype)
         self.fixed_shape = check_shape(shape, model)
         self.input_shape: tuple[int | None, ...] = self.fixed_shape or (None, model.spec.in_channels, None, None)
@@ -253,6 +253,21 @@ def cached_model(model: nn.Module, *, core, ov_device: str, dtype: torch.dtype, 
                 "shape": list(shape) if shape else "dynamic", "openvino": openvino.__version__}
 
     return get_or_build(key, build, root=root if root is not None else cache_dir() / "openvino")
+
+
+def _plugin_devices(core, ov_device: str) -> list[str]:
+    """The devices of ``ov_device``'s own plugin (``GPU`` -> ``["GPU.0", ...]``), asking that plugin
+    alone: ``Core.available_devices`` loads every plugin in the wheel (GPU's OpenCL, NPU's Level
+    Zero) even for a CPU run, and probing plugins for hardware that is not there destabilised the
+    process here (a later heap corruption in the test suite). The CPU plugin is always present."""
+    base = ov_device.split(".")[0]
+    if base == "CPU":
+        return ["CPU"]
+    try:
+        ids = [str(i) for i in core.get_property(base, "AVAILABLE_DEVICES")]
+    except RuntimeError:  # no such plugin, or its runtime finds no hardware
+        return []
+    return [base if i == "" else f"{base}.{i}" for i in ids]
 
 
 def _check_available(ov_device: str, available: list[str]) -> None:

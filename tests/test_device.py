@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from helpers import tiny_srvgg
 from vsr.cli import _precision, build_parser
-from vsr.device import PRECISION_CHOICES, choose_precision, resolve_dtype, to_device_once
+from vsr.device import PRECISION_CHOICES, choose_precision, cpu_has_fast_bf16, resolve_dtype, to_device_once
 from vsr.errors import UsageError
 
 ALL = lambda dtype: True  # noqa: E731
 NONE = lambda dtype: dtype == torch.float32  # noqa: E731
 
 
-def test_auto_is_fp16_on_cuda_bf16_where_fp16_does_not_run_and_fp32_on_the_cpu():
+def test_auto_is_fp16_on_cuda_bf16_where_fp16_does_not_run_and_bf16_only_on_cpus_that_have_it():
     assert choose_precision("auto", "cuda", ALL) == "fp16"
     assert choose_precision("auto", "cuda", lambda dt: dt != torch.float16) == "bf16"
     assert choose_precision("auto", "cuda", NONE) == "fp32"
     asked: list[torch.dtype] = []
     assert choose_precision("auto", "cpu", lambda dt: asked.append(dt) or True) == "fp32"
+    assert choose_precision("auto", "cpu", lambda dt: asked.append(dt) or True, cpu_bf16=True) == "bf16"
+    assert choose_precision("fp32", "cpu", ALL, cpu_bf16=True) == "fp32"
+    assert choose_precision("auto", "cuda", ALL, cpu_bf16=True) == "fp16"
     assert asked == []  # the CPU's choice needs no probe
+
+
+def cpuinfo_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (the independent reference for torch's probe)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc/cpuinfo")
+def test_cpu_bf16_probe_agrees_with_proc_cpuinfo():
+    flags = cpuinfo_flags()
+    assert cpu_has_fast_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_explicit_precisions_are_kept_and_bad_ones_refused():
@@ -32,8 +51,14 @@ def test_explicit_precisions_are_kept_and_bad_ones_refused():
 
 
 def test_resolve_dtype_on_the_cpu():
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto") == torch.float32
+    native = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == native
+    assert resolve_dtype("auto") == native
+    assert resolve_dtype("auto", torch.device("cpu"), backend="openvino") == native
+    # onnxruntime takes fp32/fp16 exports only; OpenVINO's GPU/NPU devices are not the CPU.
+    assert resolve_dtype("auto", torch.device("cpu"), backend="onnxruntime") == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu"), backend="openvino GPU") == torch.float32
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 

@@ -108,7 +108,7 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
     parser.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one); with --backend openvino: CPU, GPU, GPU.N or NPU")
-    parser.add_argument("--precision", choices=PRECISION_CHOICES, help="compute precision (default auto: fp16 on CUDA, bf16 where fp16 does not run, fp32 on the CPU)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, help="compute precision (default auto: fp16 on CUDA, bf16 where fp16 does not run; on the CPU bf16 where it has AVX512_BF16/AMX, else fp32)")
     parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16 (--no-fp16: fp32)")
     parser.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
     parser.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")

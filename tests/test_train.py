@@ -263,6 +263,10 @@ def test_video_frames_as_training_source(tmp_path, photos):
     assert [s.name for s in sources] == [f"{(footage / 'clip.mp4').as_posix()}#{k}" for k in range(3)]
     assert all(np.array_equal(a, b) for a, b in zip(from_folder, frames, strict=True))
 
+    # A video as data.val: validation on frames spread across it (all 8 of this short clip).
+    summary = train(tiny(tmp_path / "run", photos, "train.steps=1", "checkpoint.every=1", f"data.val='{clip}'"), progress="none")
+    assert summary.val["images"] == 8 and summary.val["bicubic_psnr"] > 20
+
 
 def test_batches_depend_on_seed_and_step_not_on_workers(tmp_path, photos):
     cfg = tiny(tmp_path, photos, "data.degradation=realesrgan")

@@ -1,10 +1,12 @@
-"""Which backend runs a model: ``--backend auto|torch|onnxruntime|tensorrt [--engine PATH]``.
+"""Which backend runs a model: ``--backend auto|torch|onnxruntime|tensorrt|openvino [--engine PATH]``.
 
-``auto`` picks TensorRT when it imports and the device is a GPU, else torch. onnxruntime and
-TensorRT run an ONNX export of the model made in memory (dynamic shapes for onnxruntime; for
-TensorRT the build goes through the engine cache, so it happens once per model, shape profile,
-library versions and GPU), or the file given with ``--engine``: an ``.onnx`` for onnxruntime, a
-plan built by ``vsr build-engine`` for TensorRT.
+``auto`` picks TensorRT when it imports and the device is a GPU, else torch; on the CPU it follows
+:func:`choose_cpu_backend` (measured rule, docs/BENCHMARKS.md). onnxruntime and
+TensorRT run a dynamic-shape ONNX export of the model (made once and cached; for TensorRT the
+build goes through the engine cache too, so it happens once per model, shape profile, library
+versions and GPU), or the file given with ``--engine``: an ``.onnx`` for onnxruntime, a plan built
+by ``vsr build-engine`` for TensorRT. OpenVINO converts the torch network itself and keeps the compiled model
+in the engine cache (:mod:`vsr.engines.openvino_engine`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import torch
 from ..device import dtype_name
 from ..errors import UsageError
 from . import Engine
+from .cache import model_digest
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
+# Tile side of the static shape an NPU is compiled for when --tile is not given.
+NPU_TILE = 256
 
 
 def choose_backend(backend: str, device: torch.device) -> str:
@@ -47,10 +52,16 @@ def create_engine(
     tile: int = 0,
     compile: bool | str = False,
     cuda_graphs: bool = False,
+    openvino_device: str = "CPU",
+    threads: int | None = None,
 ) -> Engine:
     """Build the engine ``backend`` (already resolved, not ``auto``) for ``model_ref``.
 
-    ``batch`` and ``tile`` shape TensorRT's optimisation profile (tile 0: its default tile).
+    ``batch`` and ``tile`` shape TensorRT's optimisation profile: ``tile`` N builds for batches of
+    N x N tiles; ``tile`` 0 builds per input size on first use (:mod:`vsr.engines.trt_frames`), so
+    video frames go through whole wherever the memory allows.
+    ``tile`` also sets the static shape OpenVINO needs on an NPU. ``openvino_device`` is OpenVINO's
+    device name; ``threads`` its CPU inference threads (default: torch's thread count).
     """
     from .. import models
 
@@ -84,21 +95,41 @@ def create_engine(
                 raise UsageError("the TensorRT path builds fp16 or fp32 engines; use --fp16, or --backend torch for bf16")
             model = models.load(model_ref)
             fp16 = dtype == torch.float16
-            config = BuildConfig(batch=batch, tile=(tile, tile) if tile else None, fp16=fp16)
-            engine = TrtEngine.from_onnx(cached_onnx(model, fp16=fp16), config, spec=model.spec, device=device)
+            if tile:
+                config = BuildConfig(batch=batch, tile=(tile, tile), fp16=fp16)
+                engine = TrtEngine.from_onnx(cached_onnx(model, fp16=fp16), config, spec=model.spec, device=device)
+            else:  # whole frames where memory allows: built for the size the Upscaler sends
+                from .trt_frames import trt_frame_engine
+
+                engine = trt_frame_engine(cached_onnx(model, fp16=fp16), spec=model.spec, device=device, fp16=fp16, batch=batch)
         _warn_precision(engine, dtype)
         return engine
+    if backend == "openvino":
+        from .openvino_engine import OpenVinoEngine, import_openvino
+
+        import_openvino()  # exit 69 with the install hint before the model loads
+        if engine_path is not None:
+            raise UsageError("--engine is for --backend onnxruntime or tensorrt; OpenVINO converts --model itself (cached)")
+        model = models.load(model_ref)
+        shape = None
+        if openvino_device == "NPU":  # NPUs compile static shapes only
+            side = tile or NPU_TILE
+            shape = (batch, model.spec.in_channels, side, side)
+        return OpenVinoEngine(model, device=openvino_device, dtype=dtype, threads=threads, shape=shape)
     raise UsageError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
 
 
-def model_digest(model: torch.nn.Module) -> str:
-    """SHA-256 over a model's spec and every tensor of its state dict (names, dtypes, shapes, bytes)."""
-    digest = hashlib.sha256(repr(model.spec).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+def choose_cpu_backend(*, openvino_available: bool | None = None) -> str:
+    """``--backend auto`` on the CPU: OpenVINO where it is installed, else torch.
+
+    Measured on a 2-core AVX-512 CPU, fp32 (docs/BENCHMARKS.md, "CPU backend choice"): OpenVINO
+    was as fast as torch channels_last or faster for SRVGGNetCompact at every frame size from
+    32x48 to 256x256 (within the noise at 64x96 and 256x256), and 7-30 % faster for RRDBNet
+    from 32x32 to 160x160, so the rule needs neither the model nor the frame size.
+    """
+    if openvino_available is None:
+        openvino_available = importlib.util.find_spec("openvino") is not None
+    return "openvino" if openvino_available else "torch"
 
 
 def cached_onnx(model: torch.nn.Module, *, fp16: bool) -> Path:

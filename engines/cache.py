@@ -122,6 +122,18 @@ def engine_key(onnx: bytes | bytearray | memoryview | str, config: Mapping[str, 
     return sha256_bytes(canonical_json(payload).encode("ascii"))
 
 
+def model_digest(model) -> str:
+    """SHA-256 over a model's spec and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    import torch
+
+    digest = hashlib.sha256(repr(model.spec).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------- sidecars
 
 

@@ -3,16 +3,20 @@
 Providers, in order of preference: TensorRT (when onnxruntime-gpu has it and TensorRT 10's
 ``libnvinfer.so.10``, which its TensorRT provider links, can be loaded), CUDA, CPU. Inputs and
 outputs go through IO binding on both devices: the input tensor's memory is handed to onnxruntime and
-the output is written straight into a preallocated torch tensor, so a CUDA frame never visits the
-host and the CPU path makes no numpy copies.
+the output is written straight into a preallocated torch tensor (of the graph output's type), so a
+CUDA frame never visits the host and the CPU path makes no numpy copies.
+
+Streams. On CUDA the session computes on a torch stream the engine owns, handed to the CUDA and
+TensorRT providers as their ``user_compute_stream``; a call orders that stream after the caller's
+current stream and the caller's stream after it (GPU-side waits), and the run is told not to
+synchronise at its end (``disable_synchronize_execution_providers``). So a call never blocks the
+host: the first host read of the output (the encoder's download) is where anyone waits.
 
 Shapes. A dynamic export takes any ``(N, C, H, W)`` with H and W multiples of
 ``spec.multiple_of``. A fixed export (``--tile H W --batch B``) is exposed as
 :attr:`OrtEngine.fixed_shape` so the tiler can plan tiles of exactly that size; besides that the
-engine copes with what a tiler produces anyway: any number of tiles (run ``B`` at a time, the last
-group zero-padded, which is exact since batch items are independent) and tiles *smaller* than the
-fixed size (a frame smaller than the tile: padded bottom/right by reflection like
-:func:`vsr.upscale._pad`, output cropped). Larger tiles are a ``ValueError``.
+engine copes with what a tiler produces anyway (:func:`vsr.engines.fixed.run_fixed`): any number
+of tiles and tiles *smaller* than the fixed size. Larger tiles are a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from ..device import dtype_name
 from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
 from ..paths import vsr_home
+from .fixed import check_input, run_fixed
 from .onnx_export import INSTALL_HINT, SPEC_KEY, spec_from_json
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,10 @@ ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "
 ONNX_ELEMENT = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
 # onnxruntime-gpu 1.31's TensorRT provider links TensorRT 10 (reference/apis.md section 4).
 TENSORRT_EP_LIBRARY = "libnvinfer.so.10"
+# Providers that run on a CUDA stream and accept a user compute stream.
+STREAM_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Run option: do not synchronise the providers' streams when a run ends.
+NO_SYNC_AT_END = "disable_synchronize_execution_providers"
 
 
 def import_onnxruntime():
@@ -73,6 +81,25 @@ def default_providers(device: torch.device, available: list[str], *, tensorrt: b
         providers.append(("TensorrtExecutionProvider", tensorrt_provider_options(index)))
     providers += [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     return providers
+
+
+def with_compute_stream(providers: list, stream: int) -> list:
+    """``providers`` with the CUDA stream handle ``stream`` set as the compute stream of every CUDA
+    and TensorRT provider (copies; the list given is left as it is). The handle must not be 0: the
+    providers read 0 as "no user stream" and run on a private stream, unordered with torch."""
+    if not stream:
+        raise ValueError("the legacy default stream (handle 0) cannot be onnxruntime's compute stream")
+    out: list = []
+    for entry in providers:
+        name, options = entry if isinstance(entry, tuple) else (entry, {})
+        if name not in STREAM_PROVIDERS:
+            out.append(entry)
+            continue
+        options = dict(options, user_compute_stream=str(stream))
+        if name == "TensorrtExecutionProvider":
+            options["has_user_compute_stream"] = "1"  # the TensorRT provider also reads this flag
+        out.append((name, options))
+    return out
 
 
 def tensorrt_provider_options(device_index: int) -> dict:
@@ -118,6 +145,13 @@ class OrtEngine:
         self.device = device
         if providers is None:
             providers = default_providers(device, ort.get_available_providers())
+        # onnxruntime computes on this torch stream (see the module notes); None on the CPU.
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._run_options = None
+        if self._stream is not None:
+            providers = with_compute_stream(providers, self._stream.cuda_stream)
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry(NO_SYNC_AT_END, "1")
         for name, options in (p if isinstance(p, tuple) else (p, {}) for p in providers):
             if name == "TensorrtExecutionProvider" and "trt_engine_cache_path" in options:
                 Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
@@ -149,9 +183,11 @@ class OrtEngine:
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
             raise InputError(f"{self.name}: expected one (N, C, H, W) input and one output")
-        if inputs[0].type not in ORT_TYPES:
-            raise InputError(f"{self.name}: input type {inputs[0].type} is not float, float16 or bfloat16")
+        for kind, value in (("input", inputs[0]), ("output", outputs[0])):
+            if value.type not in ORT_TYPES:
+                raise InputError(f"{self.name}: {kind} type {value.type} is not float, float16 or bfloat16")
         self.dtype: torch.dtype = ORT_TYPES[inputs[0].type]
+        self.out_dtype: torch.dtype = ORT_TYPES[outputs[0].type]  # an fp16 graph may still output fp32
         self._input, self._output = inputs[0].name, outputs[0].name
         # Symbolic dims come back as strings (or None); only positive ints are fixed.
         self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
@@ -166,28 +202,12 @@ class OrtEngine:
         return self.input_shape if None not in self.input_shape else None  # type: ignore[return-value]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Upscale ``x`` ``(N, C, H, W)``; returns ``(N, C_out, H*scale, W*scale)`` on ``device`` in ``dtype``."""
+        """Upscale ``x`` ``(N, C, H, W)``; returns ``(N, C_out, H*scale, W*scale)`` on ``device`` in
+        the graph output's type (``out_dtype``)."""
         self._live()
         x = x.to(device=self.device, dtype=self.dtype)
-        n, height, width = self._check(x)
-        fixed_h, fixed_w = self.input_shape[2], self.input_shape[3]
-        pad_h = fixed_h - height if fixed_h is not None else 0
-        pad_w = fixed_w - width if fixed_w is not None else 0
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        group = self.input_shape[0] or n
-        outs = []
-        for start in range(0, n, group):
-            chunk = x[start : start + group]
-            count = chunk.shape[0]
-            if count < group:
-                # Batch items are independent, so zero padding the last group changes nothing.
-                chunk = torch.cat([chunk, chunk.new_zeros((group - count, *chunk.shape[1:]))])
-            outs.append(self._run(chunk.contiguous())[:count])
-        y = outs[0] if len(outs) == 1 else torch.cat(outs)
-        s = self.spec.scale
-        return y[..., : height * s, : width * s] if (pad_h or pad_w) else y
+        check_input(x, self.spec, self.input_shape, self.name)
+        return run_fixed(x, self.input_shape, self.spec.scale, self._run)
 
     def close(self) -> None:
         """Drop the session (and its device memory); the engine is unusable afterwards."""
@@ -204,41 +224,26 @@ class OrtEngine:
             raise RuntimeError("OrtEngine used after close()")
         return self._session
 
-    def _check(self, x: torch.Tensor) -> tuple[int, int, int]:
-        if x.dim() != 4 or x.shape[1] != self.spec.in_channels:
-            raise ValueError(f"expected (N, {self.spec.in_channels}, H, W) input, got shape {tuple(x.shape)}")
-        n, _, height, width = x.shape
-        m = self.spec.multiple_of
-        if height % m or width % m:
-            raise ValueError(f"input {width}x{height} is not a multiple of {m}; pad it first (the Upscaler does)")
-        fixed_h, fixed_w = self.input_shape[2], self.input_shape[3]
-        if (fixed_h is not None and height > fixed_h) or (fixed_w is not None and width > fixed_w):
-            raise ValueError(
-                f"{self.name} was exported for {fixed_w}x{fixed_h} tiles and cannot take {width}x{height};"
-                f" use tiles of at most that size (engine.fixed_shape) or export with --dynamic"
-            )
-        return n, height, width
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """One session run on a contiguous input of an accepted shape, via IO binding."""
         session = self._live()
         n, _, height, width = x.shape
         s = self.spec.scale
-        y = torch.empty((n, self.spec.out_channels, height * s, width * s), device=self.device, dtype=self.dtype)
+        y = torch.empty((n, self.spec.out_channels, height * s, width * s), device=self.device, dtype=self.out_dtype)
         kind, index = self.device.type, self.device.index or 0
-        element = ONNX_ELEMENT[self.dtype]
         io = session.io_binding()
-        io.bind_input(self._input, kind, index, element, tuple(x.shape), x.data_ptr())
-        io.bind_output(self._output, kind, index, element, tuple(y.shape), y.data_ptr())
-        if kind == "cuda":
-            # onnxruntime computes on its own CUDA stream: the input, written on torch's current
-            # stream, must be complete before it starts.
-            torch.cuda.current_stream(self.device).synchronize()
-        session.run_with_iobinding(io)
-        if kind == "cuda":
-            # A run ends with the provider's stream synchronised by default; this keeps ``y``
-            # safe to read on torch's stream even if a run option turns that off.
-            io.synchronize_outputs()
+        io.bind_input(self._input, kind, index, ONNX_ELEMENT[self.dtype], tuple(x.shape), x.data_ptr())
+        io.bind_output(self._output, kind, index, ONNX_ELEMENT[self.out_dtype], tuple(y.shape), y.data_ptr())
+        if self._stream is None:
+            session.run_with_iobinding(io)
+            return y
+        # x and y belong to the caller's stream; onnxruntime's stream starts after everything queued
+        # there so far (x is written, y's memory is free) and the caller's stream continues after
+        # the run, so later reads of y and reuse of x's memory are ordered too. No host wait.
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        session.run_with_iobinding(io, self._run_options)
+        current.wait_stream(self._stream)
         return y
 
 

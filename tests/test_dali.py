@@ -274,3 +274,11 @@ def test_cli_decoder_dali_refuses_h264_on_cpu_with_one_line(clip, tmp_path, caps
     assert code == 69, err
     assert "VP8, VP9 and MJPEG" in one_line_error(err) or "vsr[dali]" in one_line_error(err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rematrix_is_uploaded_once_per_matrix_and_device():
+    cpu = torch.device("cpu")
+    weights = dali_decode.rematrix_on("bt709", cpu)
+    assert dali_decode.rematrix_on("bt709", cpu) is weights  # no copy per batch
+    assert weights.dtype == torch.float32 and np.allclose(weights.numpy(), dali_decode.rematrix("bt709"))
+    assert dali_decode.rematrix_on("bt601", cpu) is None

@@ -93,6 +93,14 @@ def make_tensorrt(arch: str, precision: str, shape: str, device: str, folder: Pa
     return TrtEngine.from_onnx(onnx_file(arch, precision, shape, folder))
 
 
+def make_openvino(arch: str, precision: str, shape: str, device: str, folder: Path) -> Engine:
+    pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
+    from vsr.engines.openvino_engine import OpenVinoEngine  # our own module: an import error must fail
+
+    fixed = (1, 3, *SIZE) if shape == "fixed" else None
+    return OpenVinoEngine(model(arch), device=device, dtype=PRECISIONS[precision], shape=fixed)
+
+
 @dataclass(frozen=True)
 class Backend:
     make: Callable[..., Engine]
@@ -107,6 +115,8 @@ BACKENDS = {
     "torch-cuda": Backend(make_torch, "cuda", ("fp32", "fp16", "bf16"), ("eager",)),
     "ort-cuda": Backend(make_ort, "cuda", ("fp32", "fp16"), ("dynamic", "fixed")),
     "tensorrt": Backend(make_tensorrt, "cuda", ("fp32", "fp16"), ("fixed", "dynamic")),
+    # OpenVINO's CPU device (GPU/NPU cannot be run here); bf16 falls back to fp32 on CPUs without it.
+    "openvino-cpu": Backend(make_openvino, "CPU", ("fp32", "bf16"), ("dynamic", "fixed")),
 }
 
 CASES = [
@@ -137,12 +147,18 @@ def test_backend_matches_the_torch_fp32_reference(backend, precision, shape, arc
         # TorchEngine falls back to fp32 where a precision's convolutions are missing (section 6).
         if isinstance(engine, TorchEngine) and not precision_works(engine.device, wanted):
             wanted = torch.float32
-        assert engine.dtype == wanted
+        if backend == "openvino-cpu":
+            # Float32 in and out; the network computes in the precision asked (or fp32 where the
+            # CPU lacks it, with a warning).
+            assert engine.dtype == torch.float32
+            assert engine.compute_dtype in (wanted, torch.float32)
+        else:
+            assert engine.dtype == wanted
         # Batches as the Upscaler sends them: at most the batch a fixed-shape or profiled engine takes.
         limits = engine_limits(engine)
         step = limits[0] if limits else len(x)
         outs = [engine(x[i : i + step].to(engine.device, engine.dtype)) for i in range(0, len(x), step)]
-        assert all(o.device.type == spec.device and o.dtype == engine.dtype for o in outs)
+        assert all(o.device.type == engine.device.type and o.dtype == engine.dtype for o in outs)
         got = quantize(torch.cat(outs).float().cpu(), 8)
     finally:
         engine.close()
@@ -253,7 +269,7 @@ def test_fixed_engine_exposes_its_shape_and_pads_smaller_tiles():
     # More tiles than the fixed batch are run a batch at a time.
     with torch.inference_mode():
         assert psnr(quantize(engine(photos()), 8), quantize(model("srvgg")(photos()), 8)) >= MIN_DB["fp32"]
-    with pytest.raises(ValueError, match="exported for 48x40 tiles"):
+    with pytest.raises(ValueError, match="built for 48x40 tiles"):
         engine(photos(SIZE[0], SIZE[1] + 8))
     # Smaller tiles (a frame smaller than the tile) are padded and cropped: exact away from the
     # padded edge, which is further than the network's receptive field (4 convs: 4 pixels).

@@ -8,6 +8,7 @@ import enum
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,20 @@ def onnx_file(tmp_path):
 # --------------------------------------------------------------------------- without TensorRT
 
 
-def test_module_imports_tensorrt_lazily():
+def test_module_imports_tensorrt_and_onnx_lazily():
+    # The CLI imports parse_shape from here at argparse time, on nodes without either package.
     tree = ast.parse(Path(te.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name for n in top for a in n.names} | {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
-    assert not any(name.startswith("tensorrt") for name in names)
+    names = {a.name for n in top for a in n.names} | {n.module or "" for n in top if isinstance(n, ast.ImportFrom) and not n.level}
+    assert not any(name.split(".")[0] in ("tensorrt", "onnx", "google") for name in names)
+
+
+def test_reading_onnx_without_the_onnx_package_is_exit_69(onnx_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` sees where it is not installed
+    with pytest.raises(BackendUnavailable) as info:
+        te.inspect_onnx(onnx_file.read_bytes())
+    assert info.value.exit_code == 69 and "\n" not in str(info.value)
+    assert 'pip install "vsr[tensorrt]"' in str(info.value)
 
 
 needs_no_trt = pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
@@ -116,11 +126,13 @@ def _check_69(err: BackendUnavailable) -> None:
 )
 def test_every_entry_point_is_exit_69_without_tensorrt(call, onnx_file, tmp_path):
     out = tmp_path / "out" / "m.engine"
+    cache = Path(os.environ["VSR_HOME"]) / "engines"
+    before = sorted(cache.rglob("*")) if cache.exists() else None  # other backends' tests may have cached files
     with pytest.raises(BackendUnavailable) as info:
         call(onnx_file, out)
     _check_69(info.value)
     assert not out.parent.exists(), "nothing may be written when the backend is missing"
-    assert not (Path(os.environ["VSR_HOME"]) / "engines").exists()
+    assert (sorted(cache.rglob("*")) if cache.exists() else None) == before
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -251,7 +263,7 @@ def test_engine_metadata_sidecar():
     assert meta["onnx_sha256"] == "0" * 64
 
 
-# --------------------------------------------------------------------------- reading ONNX without the onnx package
+# --------------------------------------------------------------------------- reading ONNX (with the onnx package)
 
 
 def test_inspect_onnx_fp16_graph(onnx_file):
@@ -445,3 +457,39 @@ def test_build_engine_to_output_and_load_from_file(trt, tmp_path):
     fp32 = export_fp16_onnx(tiny_rrdb(), tmp_path / "tiny_fp32.onnx", half=False)
     with pytest.raises(UsageError):
         build_engine(fp32, tmp_path / "x.engine", BuildConfig(fp16=True))
+
+
+def test_tensor_addresses_are_aligned_before_they_reach_tensorrt():
+    # set_tensor_address refuses pointers without 256-byte alignment; a slice of a batch has one.
+    assert te.TENSOR_ALIGNMENT == 256
+    base = torch.arange(3 * 3 * 5 * 7, dtype=torch.float16).reshape(3, 3, 5, 7)
+    assert te.aligned(base, 64) is base  # the CPU allocator aligns to 64 bytes
+    part = base[1:]
+    assert part.data_ptr() % 64 and part.is_contiguous()
+    fixed = te.aligned(part, 64)
+    assert fixed is not part and fixed.data_ptr() % 64 == 0 and torch.equal(fixed, part)
+
+
+@pytest.mark.needs_cuda
+def test_frame_engine_builds_a_whole_frame_profile_under_the_upscaler(trt, tmp_path):
+    from helpers import crop, psnr
+    from vsr.engines.trt_frames import trt_frame_engine
+    from vsr.upscale import Upscaler
+
+    model = tiny_rrdb()
+    onnx_path = export_fp16_onnx(tiny_rrdb(), tmp_path / "tiny_fp16.onnx")
+    engine = trt_frame_engine(onnx_path, spec=model.spec, device=torch.device("cuda"), fp16=True, batch=3, root=tmp_path / "engines")
+    frames = np.stack([crop(name, 40, 60, 72, 120) for name in ("astronaut", "coffee", "chelsea")])
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    out = Upscaler(engine, tile=0, batch=3)(x.cuda())
+    assert engine.sizes == [(72, 120)]
+    built = engine.engine_for((3, 3, 72, 120))
+    assert built.profile == ShapeRange((1, 3, 72, 120), (3, 3, 72, 120), (3, 3, 72, 120))  # one whole-frame call of 3
+    with torch.inference_mode():
+        ref = model.float()(x)
+    assert psnr(to_uint8(out), to_uint8(ref)) >= 45
+    # A misaligned slice of the batch goes in too (copied to an aligned buffer first).
+    part = x.cuda().half()[1:]
+    assert part.data_ptr() % te.TENSOR_ALIGNMENT
+    assert psnr(to_uint8(built(part)), to_uint8(ref[1:])) >= 45
+    engine.close()

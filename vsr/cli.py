@@ -26,6 +26,9 @@ log = logging.getLogger("vsr")
 
 EXAMPLES_RUN = """examples:
   vsr run clip.mp4 clip_x4.mp4
+  vsr run film.mkv preview.mkv --start 00:01:00 --duration 10
+  vsr run phone.mp4 phone_x4.mp4 --auto-rotate
+  vsr run tape.mkv tape_x4.mkv --deinterlace-rate field
   vsr run film.mkv film_x4.mkv --fp16 --codec libx265 --crf 18 --pix-fmt yuv420p10le
   vsr run show.mp4 show_x2.mp4 --outscale 2 --no-subtitles --progress json
   vsr run photo.png photo_x4.png
@@ -79,6 +82,15 @@ def _shape(text: str) -> tuple[int, int, int, int]:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _time(text: str):
+    from .media.trim import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -88,18 +100,24 @@ def _unit_interval(text: str) -> float:
 
 def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
+    from .device import PRECISION_CHOICES
+    from .engines.backends import BACKENDS
     from .models.zoo import DEFAULT_MODEL
     from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"named model (see `vsr models`) or checkpoint path (default {DEFAULT_MODEL})")
     parser.add_argument("--outscale", type=_outscale, help="final scale, resampled after the model when it differs from the model's own")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="compute precision (default fp32)")
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: the GPU if there is one); with --backend openvino: CPU, GPU, GPU.N or NPU")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, help="compute precision (default auto: fp16 on CUDA, bf16 where fp16 does not run, fp32 on the CPU)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="shorthand for --precision fp16 (--no-fp16: fp32)")
     parser.add_argument("--tile", type=_non_negative_int, default=0, help="tile side in input pixels; 0 = whole image when it fits in memory (default)")
     parser.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_OVERLAP, help=f"overlap between tiles, blended (default {DEFAULT_OVERLAP})")
-    parser.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH})")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto", help="auto (default): TensorRT when it is installed and the device is a GPU, else torch")
+    parser.add_argument("--batch", type=_positive_int, default=None, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH} on a GPU; on the CPU chosen by frame size)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU cores vsr may use for the network (default: all)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="auto (default): TensorRT when it is installed and the device is a GPU; on the CPU OpenVINO when it is installed, else torch",
+    )
     parser.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
     parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE", help="torch on CUDA: torch.compile the network (default mode max-autotune-no-cudagraphs)")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: capture and replay CUDA graphs per tile shape")
@@ -111,6 +129,13 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--encoder-opt", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="any encoder option, repeatable (e.g. tune=film, x265-params=...)")
     video.add_argument("--no-audio", action="store_true", help="leave the audio streams out (default: copied packet for packet)")
     video.add_argument("--no-subtitles", action="store_true", help="leave the subtitle streams out (default: copied packet for packet)")
+    video.add_argument("--auto-rotate", action="store_true", help="turn the pixels the way the source's display matrix says (before the network) instead of keeping the matrix on the output")
+    video.add_argument("--square-pixels", action="store_true", help="resample non-square pixels (DVD, broadcast) to square ones at the display aspect ratio (default: keep the sample aspect ratio)")
+    video.add_argument("--deinterlace", choices=("auto", "on", "off"), default="auto", help="deinterlace with bwdif before the network: auto (default: interlaced sources and frames), on (every frame), off")
+    video.add_argument("--deinterlace-rate", choices=("frame", "field"), default="frame", help="frame (default): one frame per frame, same timestamps; field: one frame per field (twice the frames)")
+    video.add_argument("--start", type=_time, metavar="TIME", help="start at TIME (seconds or HH:MM:SS.ms), frame-exact; audio and subtitles follow")
+    video.add_argument("--duration", type=_time, metavar="TIME", help="take TIME (seconds or HH:MM:SS.ms) from --start")
+    video.add_argument("--frames", type=_positive_int, metavar="N", help="take at most N frames from --start")
     video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
     video.add_argument("--decoder", choices=("pyav", "dali"), default=None, help="pyav (default, FFmpeg) or dali (NVIDIA DALI: NVDEC on GPU; VP8/VP9/MJPEG on CPU)")
 
@@ -299,11 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _precision(args: argparse.Namespace) -> str:
-    """--precision / --fp16 resolved (and checked together with the tile flags)."""
-    precision = args.precision or "fp32"
+    """--precision / --fp16 resolved (and checked together with the tile flags); ``auto`` is
+    turned into a dtype on the device the engine runs on (:func:`vsr.device.resolve_dtype`)."""
+    precision = args.precision or "auto"
     if args.fp16 is not None:
         wanted = "fp16" if args.fp16 else "fp32"
-        if args.precision and args.precision != wanted:
+        if args.precision not in (None, "auto", wanted):
             raise UsageError(f"--{'' if args.fp16 else 'no-'}fp16 contradicts --precision {args.precision}; give one of them")
         precision = wanted
     if args.tile and args.tile_overlap >= args.tile:
@@ -322,7 +348,28 @@ def _encode_settings(args: argparse.Namespace):
     )
 
 
-VIDEO_FLAGS = ("codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder")
+VIDEO_FLAGS = (
+    "codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder",
+    "auto_rotate", "square_pixels", "start", "duration", "frames",
+)
+
+
+def _picture(args: argparse.Namespace):
+    from .media.plan import PictureOptions
+
+    return PictureOptions(
+        auto_rotate=args.auto_rotate, square_pixels=args.square_pixels, deinterlace=args.deinterlace, deinterlace_rate=args.deinterlace_rate,
+    )
+
+
+def _trim(args: argparse.Namespace):
+    from fractions import Fraction
+
+    from .media.trim import Trim
+
+    if args.start is None and args.duration is None and args.frames is None:
+        return None
+    return Trim(start=args.start or Fraction(0), duration=args.duration, frames=args.frames)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -333,6 +380,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     is_images = args.input.is_dir() or image_format(args.input) is not None or image_format(args.output) is not None
     if is_images:
         given = [f"--{name.replace('_', '-')}" for name in VIDEO_FLAGS if getattr(args, name) not in (None, False, [])]
+        given += [f"--{name.replace('_', '-')}" for name, default in (("deinterlace", "auto"), ("deinterlace_rate", "frame")) if getattr(args, name) != default]
         if given:
             raise UsageError(f"{', '.join(given)} only apply to video input; {args.input} is an image input")
         return _run_images(args, precision)
@@ -345,7 +393,7 @@ def _upscaler_spec(args: argparse.Namespace, precision: str):
     return UpscalerSpec(
         model=args.model, device=args.device, precision=precision, backend=args.backend,
         engine_path=str(args.engine) if args.engine else None, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
-        compile=args.compile, cuda_graphs=args.cuda_graphs,
+        compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads,
     )
 
 
@@ -357,8 +405,8 @@ def _make_upscaler(args: argparse.Namespace, precision: str):
     engine = upscaler.engine
     limits = engine_limits(engine)
     log.info(
-        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(engine.dtype), engine.device,
-        f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
+        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(getattr(engine, "compute_dtype", engine.dtype)),
+        getattr(engine, "ov_device", engine.device), f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
     )
     return upscaler
 
@@ -394,7 +442,7 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
     settings = _encode_settings(args)
     job = VideoJob(
         args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel,
-        decoder=args.decoder or "pyav", overwrite=args.overwrite,
+        decoder=args.decoder or "pyav", overwrite=args.overwrite, picture=_picture(args), trim=_trim(args),
     )
     if not args.input.exists():
         from .errors import InputMissing
@@ -441,6 +489,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         summary = run_batch(
             args.inputs, args.output_dir, make_upscaler=_upscaler_spec(args, precision), settings=_encode_settings(args),
             outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav", output_ext=args.output_ext,
+            picture=_picture(args), trim=_trim(args),
             workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
             segment_frames=args.segment_frames, segments=args.segments, overwrite=args.overwrite,
             shard=parse_shard(args.shard) if args.shard else None, progress=reporter,

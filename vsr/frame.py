@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .color import Colour
+from .media.presentation import HdrMetadata
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,31 @@ class VideoInfo:
     colour: Colour
     stream_index: int
     streams: tuple[StreamInfo, ...] = ()
+    # How the pictures are to be shown (see vsr.media.presentation), from the stream header and
+    # the first decoded frame.
+    sar: Fraction = Fraction(1)
+    display_matrix: tuple[int, ...] | None = None
+    field_order: str = "unknown"
+    interlaced_frames: bool = False  # the first frame is flagged interlaced
+    hdr: HdrMetadata | None = None
+    start_time: Fraction = Fraction(0)  # seconds: where the file's timeline begins (trims count from here)
 
     def describe(self) -> str:
         rate = f"{float(self.rate):.3g} fps" if self.rate else "unknown rate"
         count = f", ~{self.frames_hint} frames" if self.frames_hint else ""
-        return f"{self.codec} {self.width}x{self.height} {self.pix_fmt} {self.colour.describe()}, {rate}{count}"
+        extra = []
+        if self.sar != 1:
+            extra.append(f"SAR {self.sar.numerator}:{self.sar.denominator}")
+        if self.display_matrix is not None:
+            from .media.presentation import orientation
+
+            extra.append(f"display matrix: {orientation(self.display_matrix).describe()}")
+        if self.interlaced_frames or self.field_order not in ("unknown", "progressive"):
+            extra.append(f"interlaced (field order {self.field_order})")
+        if self.hdr is not None:
+            extra.append(f"HDR10 {self.hdr.describe()}")
+        more = "".join(f", {e}" for e in extra)
+        return f"{self.codec} {self.width}x{self.height} {self.pix_fmt} {self.colour.describe()}, {rate}{count}{more}"
 
 
 @dataclass

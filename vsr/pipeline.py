@@ -20,7 +20,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,11 @@ from .frame import Frame, VideoInfo
 from .media import dali_decode
 from .media.decode import CopiedPacket, iter_media, open_input
 from .media.encode import CONTAINERS, EncodeSettings, Muxer, container_format, plan_encoder, planar_source
+from .media.plan import PictureOptions, VideoPlan, plan_video
+from .media.presentation import Orientation
+from .media.trim import Trim, format_time
 from .paths import check_output, publish
+from .transfer import Transfer
 from .upscale import Upscaler, resample
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ class VideoJob:
     hwaccel: str | None = None
     decoder: str = "pyav"  # or "dali"
     overwrite: bool = False
+    picture: PictureOptions = PictureOptions()
+    trim: Trim | None = None
 
 
 @dataclass(frozen=True)
@@ -153,45 +160,6 @@ class Stage(threading.Thread):
 # --------------------------------------------------------------------------- colour dispatch
 
 
-class Transfer:
-    """Host <-> device copies of the compute stage.
-
-    On CUDA the copies run on their own stream, from and to pinned host memory, so uploading the
-    next batch and downloading the last one overlap the network on the compute stream; a download
-    hands back an event the encode thread waits on, so the compute thread never blocks on it.
-    On the CPU both directions are plain (zero-copy where possible).
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def upload(self, host: torch.Tensor) -> torch.Tensor:
-        if self.stream is None:
-            return host.to(self.device)
-        host = host.pin_memory()
-        with torch.cuda.stream(self.stream):
-            dev = host.to(self.device, non_blocking=True)
-        compute = torch.cuda.current_stream(self.device)
-        compute.wait_stream(self.stream)
-        dev.record_stream(compute)  # the allocator must not reuse it while the compute stream reads
-        return dev
-
-    def download(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], None] | None]:
-        """Start copying ``tensors`` to the host; returns the host tensors and a wait function
-        (None when they are ready already)."""
-        if self.stream is None:
-            return [t.cpu() for t in tensors], None
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in tensors]
-            for t in tensors:
-                t.record_stream(self.stream)
-            done = torch.cuda.Event()
-            done.record(self.stream)
-        return host, done.synchronize
-
-
 def planes_to_rgb(frames: list[Frame], device: torch.device, transfer: Transfer | None = None) -> torch.Tensor:
     """Decoded planes of a batch of frames (one pixel format and colour) -> float32 RGB
     ``(N, 3, H, W)`` on ``device``, with the matrix and range the frames declare."""
@@ -254,28 +222,50 @@ def _stack(planes: list[np.ndarray], bits: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- the run
 
 
-def output_size(info: VideoInfo, scale: int, outscale: float | None, planar_fmt: str) -> tuple[int, int]:
-    """Output width and height: ``scale`` x, or ``--outscale`` x rounded, kept even where the
-    output's chroma is subsampled (4:2:0 encoders refuse odd sizes)."""
-    if outscale is None:
-        width, height = info.width * scale, info.height * scale
-    else:
-        width, height = max(1, round(info.width * outscale)), max(1, round(info.height * outscale))
-    lay = color.layout(planar_fmt)
-    if lay is not None and lay.family == "yuv":
-        sub_y, sub_x = lay.chroma
-        width += width % sub_x
-        height += height % sub_y
-    return width, height
-
-
 def check_job(job: VideoJob) -> str:
     """Refuse a bad output before any file is opened; returns the output's container format."""
     fmt = container_format(job.target)
     if fmt is None:
         raise UsageError(f"output {job.target} is not a video container vsr writes; use one of {', '.join(sorted(CONTAINERS))}")
+    if job.decoder == "dali" and job.trim is not None and job.trim.active:
+        raise UsageError("--decoder dali decodes whole files; leave out --start/--duration/--frames, or use --decoder pyav")
     check_output(job.target, overwrite=job.overwrite, inputs=(job.source,))
     return fmt
+
+
+def check_trim(trim: Trim | None, info: VideoInfo) -> None:
+    """Refuse a ``--start`` at or past the end of the input before any work (when its length is known)."""
+    if trim is None or not trim.active or info.duration is None:
+        return
+    if trim.start >= Fraction(info.duration).limit_denominator(1_000_000):
+        raise UsageError(
+            f"--start {format_time(trim.start)} is at or past the end of {info.path} (it lasts {format_time(info.duration)}); give an earlier --start"
+        )
+
+
+def plan_output(
+    info: VideoInfo, fmt: str, settings: EncodeSettings, picture: PictureOptions, *, scale: int, outscale: float | None, trim: Trim | None = None,
+) -> tuple[str, str, VideoPlan]:
+    """(encoder, pixel format, plan) of the output for ``info``: the decisions a run and every batch
+    segment of it share."""
+    codec, pix_fmt = plan_encoder(fmt, info, settings)
+    plan = plan_video(info, picture, scale=scale, outscale=outscale, planar_fmt=planar_source(pix_fmt)[0], trim=trim)
+    return codec, pix_fmt, plan
+
+
+def frame_count_hint(info: VideoInfo, trim: Trim | None, plan: VideoPlan) -> int | None:
+    """Frames the output will hold, for progress bars (None when unknown). ``--frames`` counts
+    output frames; times count input frames, two per frame at field rate."""
+    per_frame = 2 if plan.deinterlace.doubles_rate else 1
+    if trim is None or not trim.active:
+        return info.frames_hint * per_frame if info.frames_hint else None
+    limits = [] if trim.frames is None else [trim.frames]
+    seconds = [] if trim.duration is None else [float(trim.duration)]
+    if info.duration is not None:
+        seconds.append(max(0.0, info.duration - float(trim.start)))
+    if seconds and info.rate:
+        limits.append(round(min(seconds) * float(info.rate)) * per_frame)
+    return min(limits) if limits else None
 
 
 def run_video(
@@ -289,28 +279,31 @@ def run_video(
     encode thread after every frame (progress); ``on_start(info)`` once the input is open."""
     fmt = check_job(job)
     started = time.perf_counter()
-    source, info = open_input(job.source, hwaccel=job.hwaccel)
+    source, info = open_input(job.source, hwaccel=job.hwaccel, hwaccel_device=cuda_index(upscaler))
     try:
         log.info("input %s: %s", job.source, info.describe())
+        check_trim(job.trim, info)
+        codec, pix_fmt, plan = plan_output(info, fmt, job.settings, job.picture, scale=upscaler.scale, outscale=job.outscale, trim=job.trim)
+        plan.log()
         if job.decoder == "dali":  # refused before any output file exists
             dali_decode.require()
             dali_decode.check_input(info, _dali_device(upscaler))
+            if plan.deinterlace.enabled:
+                raise UsageError(f"input {job.source} is interlaced and --decoder dali cannot deinterlace; use --decoder pyav, or --deinterlace off")
         if on_start is not None:
-            on_start(info)
+            on_start(replace(info, frames_hint=frame_count_hint(info, job.trim, plan)))
         with publish(job.target, overwrite=job.overwrite) as partial:
-            frames = _run(job, fmt, source, info, upscaler, partial, on_frame)
+            frames = _run(job, fmt, source, info, upscaler, partial, on_frame, codec=codec, pix_fmt=pix_fmt, plan=plan)
     finally:
         source.close()
     seconds = time.perf_counter() - started
     return RunResult(frames=frames, seconds=seconds, output=job.target, output_bytes=job.target.stat().st_size, info=info)
 
 
-def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, partial: Path, on_frame) -> int:
-    codec, pix_fmt = plan_encoder(fmt, info, job.settings)
-    width, height = output_size(info, upscaler.scale, job.outscale, planar_source(pix_fmt)[0])
+def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, partial: Path, on_frame, *, codec: str, pix_fmt: str, plan: VideoPlan) -> int:
     out_colour = color.for_output(info.colour, pix_fmt)
     muxer = Muxer(
-        partial, fmt=fmt, info=info, source=source, width=width, height=height, settings=job.settings,
+        partial, fmt=fmt, info=info, source=source, plan=plan, settings=job.settings,
         codec=codec, pix_fmt=pix_fmt, colour=out_colour,
     )
     stop = threading.Event()
@@ -326,7 +319,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
                 batch=max(8, upscaler.batch), device_id=upscaler.engine.device.index,
             )
         else:
-            items = iter_media(source, info, copy_streams=muxer.copied_indices)
+            items = iter_media(source, info, copy_streams=muxer.copied_indices, trim=job.trim, deinterlace=plan.deinterlace)
         for item in items:
             if isinstance(item, CopiedPacket):
                 decoded.put(item, 0)
@@ -353,7 +346,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
     for stage in stages:
         stage.start()
     try:
-        _compute(decoded, computed, upscaler, info, out_colour, muxer.planar_fmt, (height, width), job.outscale is not None)
+        _compute(decoded, computed, upscaler, out_colour, muxer.planar_fmt, plan)
         computed.close()
         stages[1].join()
         _raise_stage_errors(stages)
@@ -382,16 +375,22 @@ def _dali_device(upscaler: Upscaler) -> str:
     return "gpu" if upscaler.engine.device.type == "cuda" else "cpu"
 
 
+def cuda_index(upscaler: Upscaler) -> int | None:
+    """The engine's GPU index (NVDEC decodes there, where the frames go next); None off CUDA."""
+    device = upscaler.engine.device
+    return device.index if device.type == "cuda" else None
+
+
 def _raise_stage_errors(stages: list[Stage]) -> None:
     for stage in stages:
         if stage.error is not None:
             raise stage.error
 
 
-def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, info: VideoInfo, colour, planar_fmt: str, size: tuple[int, int], resize: bool) -> None:
+def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, colour, planar_fmt: str, plan: VideoPlan) -> None:
     """The calling thread's loop: batches of ``upscaler.batch`` frames through the network;
     copied packets are passed on to the encode thread as they come."""
-    compute = BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, size=size, resize=resize)
+    compute = BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan)
 
     def frames() -> Iterator[Frame]:
         while True:
@@ -428,15 +427,17 @@ class BatchCompute:
     encode side takes (:func:`write_batch`): host planes, a wait function for their copy, and the
     frames' timestamps."""
 
-    def __init__(self, upscaler: Upscaler, *, planar_fmt: str, colour: color.Colour, size: tuple[int, int], resize: bool):
+    def __init__(self, upscaler: Upscaler, *, planar_fmt: str, colour: color.Colour, plan: VideoPlan):
         self.upscaler = upscaler
         self.transfer = Transfer(upscaler.engine.device)
-        self.planar_fmt, self.colour, self.size, self.resize = planar_fmt, colour, size, resize
+        self.planar_fmt, self.colour = planar_fmt, colour
+        self.size, self.resize, self.orient = (plan.height, plan.width), plan.resize, plan.orient
 
     def __call__(self, group: list[Frame]):
-        rgb = planes_to_rgb(group, self.upscaler.engine.device, self.transfer)
-        out = fit_output(self.upscaler(rgb), self.size, self.resize)
-        host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
+        with self.transfer.computing():
+            rgb = orient_frames(planes_to_rgb(group, self.upscaler.engine.device, self.transfer), self.orient)
+            out = fit_output(self.upscaler(rgb), self.size, self.resize)
+            host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
         return host, ready, [(f.pts, f.time_base) for f in group]
 
 
@@ -449,6 +450,16 @@ def write_batch(muxer: Muxer, item, on_frame: Callable[[int], None] | None = Non
         muxer.write_frame(planes, pts, time_base)
         if on_frame is not None:
             on_frame(muxer.stats.frames)
+
+
+def orient_frames(rgb: torch.Tensor, orient: Orientation) -> torch.Tensor:
+    """Turn ``(N, C, H, W)`` frames the way a player shows them (``--auto-rotate``): ``k``
+    counterclockwise quarter turns, then a left-right mirror, as :class:`Orientation` says."""
+    if orient.quarter_turns:
+        rgb = torch.rot90(rgb, orient.quarter_turns, dims=(-2, -1))
+    if orient.hflip:
+        rgb = torch.flip(rgb, dims=(-1,))
+    return rgb.contiguous() if (orient.quarter_turns or orient.hflip) else rgb
 
 
 def fit_output(out: torch.Tensor, size: tuple[int, int], resize: bool) -> torch.Tensor:

@@ -1,13 +1,14 @@
 """Upscaling float frames with an engine: pad, tile, batch, blend, crop, resample.
 
 This is the compute step shared by image and video jobs. It owns no I/O and keeps no frame state
-between calls; the only thing it remembers is the tile size that last fitted in memory.
+between calls; all it remembers is the tile plan per input size and the tile size that last
+fitted in memory. Blend weights live on the device once per tile plan (no copy per call).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import os
 from collections.abc import Iterator
 
@@ -15,7 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from . import tiling
-from .engines import Engine
+from .device import to_device_once
+from .engines import Engine, profiles
 from .errors import TransientError
 from .kernels import accumulate_tiles, extract_tiles
 
@@ -23,8 +25,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OVERLAP = 16
 DEFAULT_BATCH = 4
+# LR pixels per engine call on the CPU when --batch is not given. Measured on a 2-core AVX-512 CPU
+# (docs/BENCHMARKS.md, "torch on the CPU"): a batch of 32x48 frames costs less per frame than
+# single frames, at 64x96 it makes no difference, and from 96x128 up a batch of 2 or 4 costs more
+# per frame than one frame (the activations of a batch leave the caches).
+CPU_BATCH_PIXELS = 8192
 # Smallest tile the out-of-memory fallback will try before giving up.
-MIN_TILE = 32
+MIN_TILE = profiles.MIN_TILE
 # Share of free memory the automatic tile size may plan to use (activations are estimates).
 MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5}
 
@@ -33,7 +40,8 @@ def free_memory(device: torch.device) -> int:
     """Bytes that can be allocated on ``device`` now (CUDA free memory, or MemAvailable on Linux)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # Memory torch's caching allocator holds but no tensor uses is free for our purposes.
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -49,18 +57,32 @@ def free_memory(device: torch.device) -> int:
 
 def estimate_bytes(activation_per_pixel: float, pixels: int, dtype: torch.dtype) -> int:
     """Rough peak activation memory for ``pixels`` input pixels in one engine call."""
-    return int(activation_per_pixel * pixels * torch.finfo(dtype).bits // 8)
+    return profiles.estimate_bytes(activation_per_pixel, pixels, torch.finfo(dtype).bits // 8)
 
 
 def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: int, frames: int = 1) -> int:
     """Tile side for ``--tile 0``: 0 (whole frames) when one engine call of up to ``batch`` of the
-    ``frames`` fits ``budget``, else the largest square tile for which ``batch`` tiles fit."""
-    app = engine.spec.activation_per_pixel or 1024.0
-    if estimate_bytes(app, min(batch, frames) * height * width, engine.dtype) <= budget:
-        return 0
-    side = math.isqrt(max(1, budget // max(1, estimate_bytes(app, batch, engine.dtype))))
-    step = max(8, engine.spec.multiple_of)
-    return max(MIN_TILE, side // step * step)
+    ``frames`` fits ``budget``, else the largest square tile for which ``batch`` tiles fit
+    (:func:`vsr.engines.profiles.plan_frames`)."""
+    plan = profiles.plan_frames(
+        height, width, batch=batch, budget=budget, dtype_bytes=torch.finfo(engine.dtype).bits // 8,
+        activation_per_pixel=engine.spec.activation_per_pixel, channels=engine.spec.in_channels,
+        multiple_of=engine.spec.multiple_of, frames=frames,
+    )
+    return plan.tile
+
+
+@functools.lru_cache(maxsize=32)
+def device_blend_weights(plan: tiling.TilePlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`vsr.tiling.blend_weights` of ``plan`` resident on ``device``: copied there once per
+    (plan, device), then the same tensors on every call (on the CPU, the host tensors themselves)."""
+    return tuple(to_device_once(w, device) for w in tiling.blend_weights(plan))
+
+
+def cpu_batch(height: int, width: int, *, most: int = DEFAULT_BATCH, pixels: int = CPU_BATCH_PIXELS) -> int:
+    """Inputs of ``height`` x ``width`` per engine call on the CPU when ``--batch`` is not given:
+    as many as fit in ``pixels`` LR pixels, from 1 to ``most``."""
+    return max(1, min(most, pixels // max(1, height * width)))
 
 
 def engine_limits(engine: Engine) -> tuple[int, int, int] | None:
@@ -91,14 +113,19 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 class Upscaler:
-    """Upscale batches of float frames ``(N, C, H, W)`` in [0, 1] with an :class:`Engine`.
+    """Upscale batches of float frames ``(N, C, H, W)`` with an :class:`Engine`; the network sees
+    them clamped to [0, 1].
 
     ``tile`` 0 picks the tile size from free memory (the whole frame when it fits). If the device
     still runs out of memory, the frame is retried with half the tile size, down to ``MIN_TILE``;
-    only then does it fail with exit 75. ``batch`` is the number of tiles per engine call.
+    only then does it fail with exit 75. ``batch`` is the number of tiles per engine call; None
+    (``--batch`` not given) groups frames by ``DEFAULT_BATCH`` and, on the CPU, sizes each engine
+    call by :func:`cpu_batch` for the tile or frame size (logged once per size).
     """
 
-    def __init__(self, engine: Engine, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, batch: int = DEFAULT_BATCH):
+    def __init__(self, engine: Engine, *, tile: int = 0, overlap: int = DEFAULT_OVERLAP, batch: int | None = DEFAULT_BATCH):
+        self.auto_batch = batch is None
+        batch = DEFAULT_BATCH if batch is None else batch
         if tile < 0 or overlap < 0 or batch < 1:
             raise ValueError("tile and overlap must be >= 0 and batch >= 1")
         if tile and overlap >= tile:
@@ -110,6 +137,8 @@ class Upscaler:
         # A fixed-shape or profiled engine caps the batch; the tile is capped per frame (_tile_for).
         self.batch = min(batch, self.limits[0]) if self.limits else batch
         self._fitted_tile: int | None = None  # smaller tile found by an out-of-memory fallback
+        self._planned: dict[tuple[int, int, int], int] = {}  # (height, width, frames) -> tile
+        self._call_batches: dict[tuple[int, int], int] = {}
 
     @property
     def scale(self) -> int:
@@ -121,7 +150,9 @@ class Upscaler:
             raise ValueError(f"expected (N, C, H, W) frames, got shape {tuple(frames.shape)}")
         n, _, height, width = frames.shape
         spec = self.engine.spec
-        x = _pad(frames.to(self.engine.device, self.engine.dtype), spec.multiple_of, _engine_min_side(self.engine))
+        # The network was trained on in-gamut RGB: YUV converted exactly can leave the cube at
+        # saturated edges (values below 0 or above 1), which the network would turn into artefacts.
+        x = _pad(frames.to(self.engine.device, self.engine.dtype).clamp(0, 1), spec.multiple_of, _engine_min_side(self.engine))
         tile = self._tile_for(x.shape[-2], x.shape[-1], n)
         while True:
             try:
@@ -146,12 +177,18 @@ class Upscaler:
     def _tile_for(self, height: int, width: int, frames: int) -> int:
         if self._fitted_tile is not None:
             return self._fitted_tile
-        if self.tile:
-            tile = self.tile
-        else:
-            budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
-            tile = auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget, frames=frames)
-        return self._within_limits(tile, height, width)
+        # Planned once per input size: free memory drops once the caching allocator holds the first
+        # batch's activations, and a plan that flipped between whole frames and tiles would cost a
+        # new CUDA graph capture or TensorRT build; nor does the device get queried every batch.
+        key = (height, width, frames)
+        if key not in self._planned:
+            if self.tile:
+                tile = self.tile
+            else:
+                budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
+                tile = auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget, frames=frames)
+            self._planned[key] = self._within_limits(tile, height, width)
+        return self._planned[key]
 
     def _within_limits(self, tile: int, height: int, width: int) -> int:
         """Shrink ``tile`` (0 = whole frame) to what a fixed-shape or profiled engine accepts."""
@@ -164,19 +201,30 @@ class Upscaler:
         side -= side % self.engine.spec.multiple_of
         return side if tile == 0 else min(tile, side)
 
+    def call_batch(self, height: int, width: int) -> int:
+        """Inputs per engine call for ``height`` x ``width`` tiles (or whole frames)."""
+        if not self.auto_batch or self.engine.device.type != "cpu":
+            return self.batch
+        key = (height, width)
+        if key not in self._call_batches:
+            self._call_batches[key] = cpu_batch(height, width, most=self.batch)
+            log.info("batch %d per call for %dx%d inputs on the CPU (--batch not given)", self._call_batches[key], width, height)
+        return self._call_batches[key]
+
     def _run(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         n, c, height, width = x.shape
         s = self.scale
         spec = self.engine.spec
         overlap = min(self.overlap, max(0, tile - spec.multiple_of)) if tile else 0
         plan = tiling.plan_tiles(height, width, tile=tile, overlap=overlap, scale=s, multiple_of=spec.multiple_of)
+        batch = self.call_batch(plan.tile_h, plan.tile_w)
         if plan.whole:
-            return torch.cat([self.engine(x[i : i + self.batch]).float() for i in range(0, n, self.batch)])
+            return torch.cat([self.engine(x[i : i + batch]).float() for i in range(0, n, batch)])
         out = torch.zeros(n, spec.out_channels, height * s, width * s, device=x.device, dtype=torch.float32)
-        wy, wx = (w.to(x.device) for w in tiling.blend_weights(plan))
+        wy, wx = device_blend_weights(plan, x.device)
         # Tiles of all frames in one stream, so a batch can mix frames (n, row i, column j).
         work = [(f, i, j) for f in range(n) for i in range(len(plan.ys)) for j in range(len(plan.xs))]
-        for chunk in _chunks(work, self.batch):
+        for chunk in _chunks(work, batch):
             origins = [(f, plan.ys[i], plan.xs[j]) for f, i, j in chunk]
             tiles_out = self.engine(extract_tiles(x, origins, plan.tile_h, plan.tile_w))
             weights = [wy[i][:, None] * wx[j][None, :] for _, i, j in chunk]

@@ -18,20 +18,21 @@ import logging
 from pathlib import Path
 
 from ..errors import BackendUnavailable, TransientError
-from .run import UnitResult, _Worker
+from .units import UnitResult
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 
 class _RayWorker:
-    """The actor: a :class:`vsr.batch.run._Worker` with a warm engine."""
+    """The actor: a :class:`vsr.batch.worker.Worker` with a warm engine."""
 
     def __init__(self, make_upscaler, output_dir: str, threads: int | None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self._worker = _Worker(make_upscaler, Path(output_dir), lambda key, done: None)
+        self._worker = Worker(make_upscaler, Path(output_dir), lambda key, done: None)
 
     def run(self, unit) -> UnitResult:
         return self._worker.run(unit)
@@ -49,7 +50,7 @@ def _import_ray():
 
 
 class RayExecutor:
-    """Executor protocol of vsr.batch.run (``slots``, ``submit``, ``results``, ``close``) on Ray."""
+    """The :class:`vsr.batch.units.Executor` protocol on Ray actors."""
 
     def __init__(self, workers: int, make_upscaler, output_dir: Path, on_progress, *, address: str | None = None):
         ray = _import_ray()

@@ -8,9 +8,11 @@ videos into segments when asked, and hands units of work to workers one at a tim
 * ``segment``: one frame range into a piece (vsr.batch.segments.encode_segment);
 * ``join``: the pieces of a job remuxed into its output, once all of them are complete.
 
-Workers (``executor="local"``) are ``spawn``-ed processes, each building its engine once from
-``make_upscaler`` (a picklable zero-argument callable such as :class:`UpscalerSpec`); with one
-worker everything runs in this process. Each unit is claimed with a lease file (an ``flock``), so
+Workers (``executor="local"``, :mod:`vsr.batch.local_executor`) are ``spawn``-ed processes, each
+building its engine once from ``make_upscaler`` (a picklable zero-argument callable such as
+:class:`UpscalerSpec`); with one worker everything runs in this process. ``executor="ray"`` runs
+the same :class:`vsr.batch.worker.Worker` on Ray actors (:mod:`vsr.batch.ray_executor`); the units
+and the executor protocol they share live in :mod:`vsr.batch.units`. Each unit is claimed with a lease file (an ``flock``), so
 two workers, or two batches on different nodes over shared storage, never process the same job or
 segment. Only the coordinator writes the manifest (locked, atomic), so the manifest shows queued,
 running, done or failed per job, with attempts, exit code and the error line.
@@ -24,12 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
-import queue
-import shutil
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,19 +36,19 @@ from typing import Any
 
 from ..errors import InputMissing, Interrupted, TransientError, UsageError, VsrError
 from ..media.encode import CONTAINERS, EncodeSettings, container_format
+from ..media.plan import PictureOptions
+from ..media.trim import Trim
 from ..progress import Progress
-from .manifest import RETRY_IN_RUN, Lease, Manifest, decide, input_fingerprint, new_record, now_iso, options_fingerprint, sha256_file, worst_exit_code
-from .segments import SEGMENTS_DIR, Segment, encode_segment, index_video, join_segments, piece_path, piece_status, plan_segments
+from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, now_iso, options_fingerprint, worst_exit_code
+from .segments import SEGMENTS_DIR, Segment, index_video, piece_path, plan_segments
+from .units import BatchOptions, Executor, Job, Unit, UnitResult
 
 log = logging.getLogger(__name__)
 
-LEASES_DIR = ".vsr-batch"
 # Inputs a folder expands to (by extension); anything FFmpeg reads works when named explicitly.
 VIDEO_EXTENSIONS = frozenset({*CONTAINERS, ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".vob", ".ogv", ".3gp", ".y4m", ".m2v", ".dv", ".mxf", ".asf"})
 LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 EXECUTORS = ("local", "ray")
-# Seconds between progress messages from a worker.
-PROGRESS_INTERVAL = 0.25
 
 
 # --------------------------------------------------------------------------- the engine spec
@@ -66,30 +64,24 @@ class UpscalerSpec:
 
     model: str = "realesrgan-x4plus"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     backend: str = "auto"
     engine_path: str | None = None
     tile: int = 0
     tile_overlap: int = 16
-    batch: int = 4
+    batch: int | None = None  # None: chosen by frame size on the CPU (vsr.upscale.cpu_batch)
     compile: bool | str = False
     cuda_graphs: bool = False
+    threads: int | None = None  # cores vsr may use (None: torch's default, or a worker's share)
 
     def __call__(self):
-        from ..device import resolve_device, resolve_dtype
-        from ..engines.backends import choose_backend, create_engine
-        from ..upscale import Upscaler
+        from ..runtime import build_upscaler
 
-        device = resolve_device(self.device)
-        backend = choose_backend(self.backend, device)
-        engine = create_engine(
-            backend, model_ref=self.model, device=device, dtype=resolve_dtype(self.precision),
-            engine_path=Path(self.engine_path) if self.engine_path else None, batch=self.batch, tile=self.tile,
-            compile=self.compile, cuda_graphs=self.cuda_graphs,
-        )
-        return Upscaler(engine, tile=self.tile, overlap=self.tile_overlap, batch=self.batch)
+        return build_upscaler(**asdict(self))
 
     def for_worker(self, index: int) -> UpscalerSpec:
+        # The pool has already split --threads (or the cores) between the workers.
+        self = replace(self, threads=None)
         if self.device not in ("auto", "cuda"):
             return self
         import torch
@@ -100,6 +92,7 @@ class UpscalerSpec:
     def fingerprint(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("device")  # where it runs does not change the result (precision and backend do)
+        out.pop("threads")
         model = Path(self.model)
         if model.is_file():
             st = model.stat()
@@ -109,54 +102,6 @@ class UpscalerSpec:
 
 # --------------------------------------------------------------------------- inputs and jobs
 
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """The processing options of every job (the ``vsr run`` video flags)."""
-
-    settings: EncodeSettings = EncodeSettings()
-    outscale: float | None = None
-    hwaccel: str | None = None
-    decoder: str = "pyav"
-    output_ext: str | None = None  # default: the input's when vsr writes it, else .mkv
-
-
-@dataclass(frozen=True)
-class Job:
-    job_id: str
-    source: Path
-    target: Path
-
-
-@dataclass(frozen=True)
-class Unit:
-    kind: str  # "file" | "segment" | "join"
-    job: Job
-    options: BatchOptions
-    overwrite: bool
-    segment: Segment | None = None
-    pieces: tuple[Path, ...] = ()
-    piece_extra: dict | None = None
-    options_fp: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.job.job_id}/{self.kind}" + (f"/{self.segment.index:04d}" if self.segment is not None else "")
-
-
-@dataclass
-class UnitResult:
-    key: str
-    job_id: str
-    kind: str
-    ok: bool
-    exit_code: int = 0
-    error: str | None = None
-    frames: int = 0
-    seconds: float = 0.0
-    reused: bool = False
-    busy: bool = False
-    sha256: str | None = None
 
 
 @dataclass
@@ -267,244 +212,6 @@ def plan_jobs(sources: Sequence[Path], output_dir: Path, output_ext: str | None)
     return jobs
 
 
-# --------------------------------------------------------------------------- running one unit
-
-
-class _Worker:
-    """A unit runner with its engine, built on first use and kept for every later unit."""
-
-    def __init__(self, make_upscaler: Callable[[], Any], output_dir: Path, report: Callable[[str, int], None]):
-        self.make_upscaler = make_upscaler
-        self.output_dir = output_dir
-        self.report = report  # (unit key, frames done in this unit)
-        self._upscaler = None
-
-    @property
-    def upscaler(self):
-        if self._upscaler is None:
-            self._upscaler = self.make_upscaler()
-        return self._upscaler
-
-    def close(self) -> None:
-        if self._upscaler is not None:
-            with contextlib.suppress(Exception):
-                self._upscaler.engine.close()
-            self._upscaler = None
-
-    def run(self, unit: Unit) -> UnitResult:
-        started = time.perf_counter()
-        result = UnitResult(unit.key, unit.job.job_id, unit.kind, ok=False)
-        lease = Lease(self._lease_path(unit))
-        if not lease.acquire():
-            result.busy, result.exit_code = True, TransientError.exit_code
-            result.error = f"{unit.key} is being processed by another vsr process (lease {lease.path})"
-            return result
-        try:
-            if unit.kind != "segment" and self._done_elsewhere(unit, result):
-                return result
-            getattr(self, f"_run_{unit.kind}")(unit, result)
-            result.ok = True
-        except VsrError as err:
-            result.exit_code, result.error = err.exit_code, str(err)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # a bug: keep the traceback in the log, the job fails with 1
-            log.error("internal error in %s:\n%s", unit.key, traceback.format_exc())
-            result.exit_code, result.error = 1, f"internal error ({type(err).__name__}: {err}); please report it"
-        finally:
-            lease.release()
-        result.seconds = time.perf_counter() - started
-        return result
-
-    def _done_elsewhere(self, unit: Unit, result: UnitResult) -> bool:
-        """Another process (a second batch over the same folder) finished this job between our
-        plan and our lease: its verified output counts, instead of failing on "output exists"."""
-        record = Manifest(self.output_dir).job(unit.job.job_id)
-        # Not the state: the other coordinator's "running" may have landed after its "done"; a
-        # recorded sha256 that the output matches, for this input and these options, is the proof.
-        if not record or not record.get("sha256") or record.get("options") != unit.options_fp:
-            return False
-        if record.get("input_fingerprint") != input_fingerprint(unit.job.source) or not unit.job.target.exists():
-            return False
-        if sha256_file(unit.job.target) != record.get("sha256"):
-            return False
-        result.ok, result.reused, result.sha256 = True, True, record["sha256"]
-        result.frames = int(record.get("frames") or 0)
-        return True
-
-    def _lease_path(self, unit: Unit) -> Path:
-        if unit.kind == "segment":
-            return self.output_dir / SEGMENTS_DIR / unit.job.job_id / f"{unit.segment.index:04d}.lease"
-        return self.output_dir / LEASES_DIR / f"{unit.job.job_id}.lease"
-
-    def _throttled(self, key: str) -> Callable[[int], None]:
-        last = [0.0]
-
-        def on_frame(done: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= PROGRESS_INTERVAL:
-                last[0] = now
-                self.report(key, done)
-
-        return on_frame
-
-    def _run_file(self, unit: Unit, result: UnitResult) -> None:
-        from ..pipeline import VideoJob, run_video
-
-        opts = unit.options
-        job = VideoJob(
-            unit.job.source, unit.job.target, settings=opts.settings, outscale=opts.outscale, hwaccel=opts.hwaccel,
-            decoder=opts.decoder, overwrite=unit.overwrite,
-        )
-        if not job.source.exists():
-            raise InputMissing(f"input {job.source} does not exist")
-        done = run_video(job, self.upscaler, on_frame=self._throttled(unit.key))
-        self.report(unit.key, done.frames)
-        result.frames = done.frames
-        result.sha256 = sha256_file(unit.job.target)
-
-    def _run_segment(self, unit: Unit, result: UnitResult) -> None:
-        fmt = container_format(unit.job.target)
-        folder = self.output_dir / SEGMENTS_DIR / unit.job.job_id
-        piece = piece_path(folder, unit.segment, fmt)
-        expected = {"segment": unit.segment.as_dict(), **(unit.piece_extra or {})}
-        reusable, why = piece_status(piece, expected)
-        if reusable:
-            from ..engines.cache import read_sidecar
-
-            result.reused, result.frames = True, int((read_sidecar(piece) or {}).get("frames", 0))
-            self.report(unit.key, result.frames)
-            return
-        if piece.exists():
-            log.info("redoing %s (%s)", piece, why)
-        opts = unit.options
-        meta = encode_segment(
-            unit.job.source, unit.segment, piece, upscaler=self.upscaler, settings=opts.settings, outscale=opts.outscale,
-            hwaccel=opts.hwaccel, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
-        )
-        result.frames = int(meta["frames"])
-        self.report(unit.key, result.frames)
-
-    def _run_join(self, unit: Unit, result: UnitResult) -> None:
-        result.frames = join_segments(unit.job.source, list(unit.pieces), unit.job.target, settings=unit.options.settings, overwrite=unit.overwrite)
-        result.sha256 = sha256_file(unit.job.target)
-        shutil.rmtree(self.output_dir / SEGMENTS_DIR / unit.job.job_id, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- executors
-
-
-class _InlineExecutor:
-    """Runs each unit in this process when it is submitted (one worker: no spawn, no pickling)."""
-
-    def __init__(self, make_upscaler, output_dir: Path, on_progress):
-        self.slots = 1
-        self._worker = _Worker(make_upscaler, output_dir, on_progress)
-        self._done: deque[UnitResult] = deque()
-
-    def submit(self, unit: Unit) -> None:
-        self._done.append(self._worker.run(unit))
-
-    def results(self, timeout: float) -> list[UnitResult]:
-        out = list(self._done)
-        self._done.clear()
-        return out
-
-    def close(self) -> None:
-        self._worker.close()
-
-
-def _worker_main(index: int, make_upscaler, output_dir: str, threads: int | None, tasks, results) -> None:
-    """A spawned worker: build the engine lazily, run units until it gets None."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides; it terminates us on Ctrl-C
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    if hasattr(make_upscaler, "for_worker"):
-        make_upscaler = make_upscaler.for_worker(index)
-    worker = _Worker(make_upscaler, Path(output_dir), lambda key, done: results.put(("progress", index, key, done)))
-    try:
-        while True:
-            unit = tasks.get()
-            if unit is None:
-                return
-            results.put(("done", index, worker.run(unit)))
-    finally:
-        worker.close()
-
-
-class _PoolExecutor:
-    """``workers`` spawned processes, each with its own task queue so the coordinator knows which
-    unit each one holds (a worker that dies fails its unit with exit 75 and is replaced)."""
-
-    def __init__(self, workers: int, make_upscaler, output_dir: Path, on_progress):
-        self.slots = workers
-        self._ctx = multiprocessing.get_context("spawn")
-        self._make_upscaler = make_upscaler
-        self._output_dir = str(output_dir)
-        self._on_progress = on_progress
-        self._results = self._ctx.Queue()
-        cpu = os.cpu_count() or 1
-        self._threads = max(1, cpu // workers)
-        self._procs: list = [None] * workers
-        self._tasks: list = [None] * workers
-        self._holding: list[Unit | None] = [None] * workers
-        for i in range(workers):
-            self._start(i)
-
-    def _start(self, i: int) -> None:
-        self._tasks[i] = self._ctx.Queue()
-        proc = self._ctx.Process(
-            target=_worker_main, args=(i, self._make_upscaler, self._output_dir, self._threads, self._tasks[i], self._results),
-            name=f"vsr-batch-worker-{i}", daemon=True,
-        )
-        proc.start()
-        self._procs[i] = proc
-
-    def submit(self, unit: Unit) -> None:
-        i = self._holding.index(None)
-        self._holding[i] = unit
-        self._tasks[i].put(unit)
-
-    def results(self, timeout: float) -> list[UnitResult]:
-        out: list[UnitResult] = []
-        try:
-            msg = self._results.get(timeout=timeout)
-            while True:
-                kind, index = msg[0], msg[1]
-                if kind == "progress":
-                    self._on_progress(msg[2], msg[3])
-                else:
-                    self._holding[index] = None
-                    out.append(msg[2])
-                msg = self._results.get_nowait()
-        except queue.Empty:
-            pass
-        for i, proc in enumerate(self._procs):
-            if not proc.is_alive() and self._holding[i] is not None:
-                unit = self._holding[i]
-                self._holding[i] = None
-                out.append(UnitResult(unit.key, unit.job.job_id, unit.kind, ok=False, exit_code=TransientError.exit_code,
-                                      error=f"worker process died (exit {proc.exitcode}) while running {unit.key}"))
-                self._start(i)
-        return out
-
-    def close(self, *, kill: bool = False) -> None:
-        for i, proc in enumerate(self._procs):
-            if kill:
-                proc.terminate()
-            else:
-                with contextlib.suppress(Exception):
-                    self._tasks[i].put(None)
-        for proc in self._procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-
-
 # --------------------------------------------------------------------------- the coordinator
 
 
@@ -535,6 +242,8 @@ def run_batch(
     hwaccel: str | None = None,
     decoder: str = "pyav",
     output_ext: str | None = None,
+    picture: PictureOptions = PictureOptions(),
+    trim: Trim | None = None,
     workers: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
@@ -580,7 +289,9 @@ def run_batch(
         with contextlib.suppress(OSError):
             if source.parent.resolve() == output_dir.resolve() and source.suffix.lower() in VIDEO_EXTENSIONS:
                 raise UsageError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
-    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext)
+    if trim is not None and trim.active and decoder != "pyav":
+        raise UsageError("--decoder dali decodes whole files; leave out --start/--duration/--frames, or use --decoder pyav")
+    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim)
     jobs = plan_jobs(sources, output_dir, output_ext)
     manifest = Manifest(output_dir)
     options_fp = options_fingerprint(_options_record(options, make_upscaler))
@@ -620,8 +331,10 @@ def run_batch(
         try:
             if not job.source.exists():
                 raise InputMissing(f"input {job.source} does not exist")
-            index = index_video(job.source)
-            plan = plan_segments(index, segment_frames=segment_frames, segments=segments)
+            index = index_video(job.source, trim)
+            # bwdif looks one frame back: decode one frame ahead of each segment of an interlaced source.
+            context = 1 if index.interlaced and picture.deinterlace != "off" else 0
+            plan = plan_segments(index, segment_frames=segment_frames, segments=segments, context=context)
         except VsrError as err:
             row.state, row.exit_code, row.error, row.attempts = "failed", err.exit_code, str(err), state.prior_attempts + 1
             changes[job.job_id] = {**base, "state": "failed", "attempts": row.attempts, "exit_code": err.exit_code, "error": str(err), "finished_at": now_iso()}
@@ -674,7 +387,7 @@ def run_batch(
                 in_flight -= 1
                 _handle(result, sent.pop(result.key), states[result.job_id], todo, manifest, retries, options, on_progress)
     except KeyboardInterrupt:
-        if pool is not None and isinstance(pool, _PoolExecutor):
+        if pool is not None:
             pool.close(kill=True)
             pool = None
         raise Interrupted("batch interrupted; run the same command again to resume") from None
@@ -749,14 +462,22 @@ def _frames_hint(path: Path) -> int | None:
 
 def _options_record(options: BatchOptions, make_upscaler) -> dict[str, Any]:
     model = make_upscaler.fingerprint() if hasattr(make_upscaler, "fingerprint") else repr(make_upscaler)
-    return {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+    record = {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+    # Only when set, so that manifests written before these options existed still match.
+    if options.picture != PictureOptions():
+        record["picture"] = asdict(options.picture)
+    if options.trim is not None and options.trim.active:
+        record["trim"] = options.trim.fingerprint()
+    return record
 
 
-def _make_executor(kind: str, workers: int, make_upscaler, output_dir: Path, on_progress, ray_address: str | None):
+def _make_executor(kind: str, workers: int, make_upscaler, output_dir: Path, on_progress, ray_address: str | None) -> Executor:
     if kind == "ray":
-        from .ray_executor import RayExecutor
+        from .ray_executor import RayExecutor  # imports Ray only when asked for
 
         return RayExecutor(workers, make_upscaler, output_dir, on_progress, address=ray_address)
+    from .local_executor import InlineExecutor, PoolExecutor
+
     if workers == 1:
-        return _InlineExecutor(make_upscaler, output_dir, on_progress)
-    return _PoolExecutor(workers, make_upscaler, output_dir, on_progress)
+        return InlineExecutor(make_upscaler, output_dir, on_progress)
+    return PoolExecutor(workers, make_upscaler, output_dir, on_progress)

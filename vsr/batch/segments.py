@@ -43,18 +43,20 @@ import av
 
 from .. import color
 from ..engines.cache import check_artifact, publish_artifact, read_sidecar
-from ..errors import InputError, VsrError
+from ..errors import InputError, UsageError, VsrError
 from ..frame import Frame, VideoInfo
-from ..media.decode import CopiedPacket, iter_media, open_input
-from ..media.encode import EncodeSettings, Muxer, container_format, plan_encoder, planar_source
+from ..media.decode import CopiedPacket, Cut, iter_media, open_input
+from ..media.encode import EncodeSettings, Muxer, container_format
+from ..media.plan import PictureOptions
+from ..media.trim import Trim
 from ..paths import publish
-from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, frame_batches, output_size, write_batch
+from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, cuda_index, frame_batches, plan_output, write_batch
 from ..upscale import Upscaler
 
 log = logging.getLogger(__name__)
 
 SEGMENTS_DIR = ".vsr-segments"
-PIECE_SCHEMA = "vsr-piece/1"
+PIECE_SCHEMA = "vsr-piece/2"  # /2: records the model scale; trims and picture options
 
 
 # --------------------------------------------------------------------------- index and plan
@@ -62,17 +64,32 @@ PIECE_SCHEMA = "vsr-piece/1"
 
 @dataclass(frozen=True)
 class VideoIndex:
-    """The video stream's frames in presentation order, from its packets (no decoding)."""
+    """The video stream's frames in presentation order, from its packets (no decoding).
+
+    With a trim, ``pts`` holds only the frames in the range; ``start_pts``/``end_pts`` bound it
+    (the first kept frame, the first frame past it; None: the file's start/end), ``before`` holds
+    the pts of the frames ahead of the range (deinterlacing looks one frame back), and ``offset``
+    is the time (seconds) every output timestamp moves back by, the first kept frame's.
+    """
 
     pts: tuple[int, ...]
     keyframes: tuple[int, ...]  # pts of keyframe packets, ascending
     time_base: Fraction
     usable: bool  # every packet had a pts and no pts repeats: pts ranges can split it exactly
     reason: str = ""
+    start_pts: int | None = None
+    end_pts: int | None = None
+    before: tuple[int, ...] = ()
+    offset: Fraction = Fraction(0)
+    interlaced: bool = False  # the source says its pictures are interlaced (see VideoInfo)
 
     @property
     def frames(self) -> int:
         return len(self.pts)
+
+    @property
+    def trimmed(self) -> bool:
+        return self.start_pts is not None or self.end_pts is not None
 
 
 @dataclass(frozen=True)
@@ -84,18 +101,24 @@ class Segment:
     end_pts: int | None
     frames: int  # planned, from the index
     seek_pts: int | None  # keyframe at or before start_pts; None: decode from the beginning
+    offset: Fraction = Fraction(0)  # seconds every output timestamp moves back by (a trim's start)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "start_pts": self.start_pts, "end_pts": self.end_pts, "frames": self.frames, "seek_pts": self.seek_pts}
+        return {
+            "index": self.index, "start_pts": self.start_pts, "end_pts": self.end_pts, "frames": self.frames, "seek_pts": self.seek_pts,
+            "offset": str(self.offset),
+        }
 
 
-def index_video(path: Path) -> VideoIndex:
-    """Read every packet of the video stream (not decoded) for :func:`plan_segments`.
+def index_video(path: Path, trim: Trim | None = None) -> VideoIndex:
+    """Read every packet of the video stream (not decoded) for :func:`plan_segments`; with
+    ``trim``, keep the frames of its range (see :class:`VideoIndex`).
 
     Raises the input errors of :func:`vsr.media.decode.open_input` (exit 65/66). A damaged tail
     ends the index where reading stopped (the last segment is open-ended, so nothing is lost).
     """
     container, info = open_input(path)
+    check_trim(trim, info)
     try:
         video = container.streams[info.stream_index]
         pts: list[int] = []
@@ -125,12 +148,35 @@ def index_video(path: Path) -> VideoIndex:
         reason = "some video packets share a timestamp"
     elif not keys:
         reason = "no keyframe flags"
-    return VideoIndex(tuple(ordered), tuple(sorted(keys)), info.time_base, usable=not reason, reason=reason)
+    interlaced = info.interlaced_frames or info.field_order in ("tt", "bb", "tb", "bt")
+    index = VideoIndex(tuple(ordered), tuple(sorted(keys)), info.time_base, usable=not reason, reason=reason, interlaced=interlaced)
+    return trim_index(index, trim, info) if trim is not None and trim.active else index
 
 
-def plan_segments(index: VideoIndex, *, segment_frames: int | None = None, segments: int | None = None) -> list[Segment]:
+def trim_index(index: VideoIndex, trim: Trim, info: VideoInfo) -> VideoIndex:
+    """The frames of ``index`` that ``trim`` keeps (the same rule as the decoder's, on packet pts)."""
+    if not index.usable:
+        raise VsrError(f"input {info.path} cannot be trimmed into segments ({index.reason}); run without --segments/--segment-frames")
+    window = trim.window(info.start_time)
+    tb = index.time_base
+    first = next((i for i, p in enumerate(index.pts) if not window.before(p * tb)), len(index.pts))
+    last = first
+    while last < len(index.pts) and not window.past(index.pts[last] * tb, last - first):
+        last += 1
+    if last == first:
+        raise UsageError(f"input {info.path}: no video frame lies in the trim range ({trim.describe()}); check --start/--duration")
+    kept = index.pts[first:last]
+    return replace(
+        index, pts=kept, start_pts=kept[0], end_pts=index.pts[last] if last < len(index.pts) else None,
+        before=index.pts[:first], offset=kept[0] * tb,
+    )
+
+
+def plan_segments(index: VideoIndex, *, segment_frames: int | None = None, segments: int | None = None, context: int = 0) -> list[Segment]:
     """Split the indexed frames into ranges of ``segment_frames`` frames, or into ``segments`` about
-    equal ranges. An index that cannot be split exactly gives one segment (the whole video)."""
+    equal ranges. An index that cannot be split exactly gives one segment (the whole video).
+    ``context`` frames before each range are decoded too (the deinterlacer looks one frame back),
+    so each segment starts at the keyframe at or before them."""
     if (segment_frames is None) == (segments is None):
         raise ValueError("give exactly one of segment_frames and segments")
     if (segment_frames is not None and segment_frames < 1) or (segments is not None and segments < 1):
@@ -142,16 +188,19 @@ def plan_segments(index: VideoIndex, *, segment_frames: int | None = None, segme
         return [Segment(0, None, None, n, None)]
     size = segment_frames if segment_frames is not None else -(-n // segments)
     starts = list(range(0, n, size))
+    every = (*index.before, *index.pts)
     plan = []
     for i, first in enumerate(starts):
         last = starts[i + 1] if i + 1 < len(starts) else n
-        start_pts = None if i == 0 else index.pts[first]
-        end_pts = None if i + 1 == len(starts) else index.pts[last]
+        start_pts = index.start_pts if i == 0 else index.pts[first]
+        end_pts = index.end_pts if i + 1 == len(starts) else index.pts[last]
         seek = None
         if start_pts is not None:
-            before = [k for k in index.keyframes if k <= start_pts]
+            position = len(index.before) + first
+            earliest = every[max(0, position - context)]
+            before = [k for k in index.keyframes if k <= earliest]
             seek = before[-1] if before else None
-        plan.append(Segment(i, start_pts, end_pts, last - first, seek))
+        plan.append(Segment(i, start_pts, end_pts, last - first, seek, index.offset))
     return plan
 
 
@@ -182,21 +231,24 @@ class _SeekMissed(Exception):
     """The demuxer's seek landed after the first frame of the range (imprecise index, e.g. MPEG-TS)."""
 
 
-def iter_segment_frames(path: Path, segment: Segment, *, hwaccel: str | None = None) -> Iterator[tuple[VideoInfo, Frame]]:
-    """Decoded frames of ``segment`` (and the source's info), exactly its pts range, in order.
+def iter_segment_frames(
+    path: Path, segment: Segment, *, hwaccel: str | None = None, hwaccel_device: int | None = None, picture: PictureOptions = PictureOptions(),
+) -> Iterator[tuple[VideoInfo, Frame]]:
+    """Decoded frames of ``segment`` (and the source's info), exactly its pts range, in order,
+    deinterlaced as ``picture`` says and moved back by the segment's offset.
 
     Seeks to the keyframe at or before the range; if the demuxer lands after the range's first
     frame, it decodes from the beginning instead (slower, still exact).
     """
     for attempt in ("seek", "from the start"):
-        container, info = open_input(path, hwaccel=hwaccel)
+        container, info = open_input(path, hwaccel=hwaccel, hwaccel_device=hwaccel_device)
         try:
             if attempt == "seek" and segment.seek_pts is not None:
                 container.seek(segment.seek_pts, stream=container.streams[info.stream_index], backward=True, any_frame=False)
             elif attempt == "seek" and segment.start_pts is not None:
                 continue  # no keyframe before the range in the index: only a full decode is exact
             try:
-                yield from _frames_in_range(container, info, segment, check_seek=attempt == "seek")
+                yield from _frames_in_range(container, info, segment, check_seek=attempt == "seek", picture=picture)
                 return
             except _SeekMissed as missed:
                 log.info("segment %d of %s: %s; decoding from the start", segment.index, path, missed)
@@ -212,10 +264,16 @@ class _NotTruncated(logging.Filter):
         return "ended early" not in str(record.msg)
 
 
-def _frames_in_range(container, info: VideoInfo, segment: Segment, *, check_seek: bool) -> Iterator[tuple[VideoInfo, Frame]]:
-    start, end = segment.start_pts, segment.end_pts
+def _frames_in_range(container, info: VideoInfo, segment: Segment, *, check_seek: bool, picture: PictureOptions) -> Iterator[tuple[VideoInfo, Frame]]:
+    from ..media.deinterlace import plan as plan_deinterlace
+
+    # Compared as times: a deinterlaced frame may carry a finer time base than the index's pts.
+    tb = info.time_base
+    start = None if segment.start_pts is None else segment.start_pts * tb
+    end = None if segment.end_pts is None else segment.end_pts * tb
     first = True
-    items = iter_media(container, info, copy_streams=())
+    deinterlace = plan_deinterlace(picture.deinterlace, picture.deinterlace_rate, info)
+    items = iter_media(container, info, copy_streams=(), deinterlace=deinterlace)
     quiet = _NotTruncated()
     decode_log = logging.getLogger(iter_media.__module__)
     if segment.seek_pts is not None or start is not None:
@@ -234,13 +292,16 @@ def _frames_in_range(container, info: VideoInfo, segment: Segment, *, check_seek
                 raise
             if (start is not None or end is not None) and frame.pts is None:
                 raise VsrError(f"input {info.path}: a decoded frame has no timestamp, so segment {segment.index} cannot be cut exactly; run without segments")
-            if first and check_seek and start is not None and frame.pts > start:
-                raise _SeekMissed(f"seek to pts {segment.seek_pts} landed at pts {frame.pts}, after the range start {start}")
+            t = None if frame.pts is None else frame.pts * frame.time_base
+            if first and check_seek and start is not None and t > start:
+                raise _SeekMissed(f"seek to pts {segment.seek_pts} landed at {float(t):.3f} s, after the range start {float(start):.3f} s")
             first = False
-            if start is not None and frame.pts < start:
+            if start is not None and t < start:
                 continue
-            if end is not None and frame.pts >= end:
+            if end is not None and t >= end:
                 return  # frames come in presentation order: the range is complete
+            if segment.offset:
+                frame.pts = round((t - segment.offset) / frame.time_base)
             yield info, frame
     finally:
         items.close()
@@ -310,6 +371,7 @@ def encode_segment(
     settings: EncodeSettings = EncodeSettings(),
     outscale: float | None = None,
     hwaccel: str | None = None,
+    picture: PictureOptions = PictureOptions(),
     fmt: str,
     extra: dict[str, Any] | None = None,
     on_frame: Callable[[int], None] | None = None,
@@ -324,7 +386,7 @@ def encode_segment(
     _remove_stale_temp(piece)
 
     def build(tmp: Path) -> dict[str, Any]:
-        meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, fmt=fmt, on_frame=on_frame)
+        meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, picture=picture, fmt=fmt, on_frame=on_frame)
         return {**(extra or {}), **meta}
 
     return publish_artifact(piece, build, key=f"{PIECE_SCHEMA}:{segment.index}")
@@ -340,20 +402,19 @@ def _remove_stale_temp(piece: Path) -> None:
             tmp.unlink()
 
 
-def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, fmt: str, on_frame) -> dict[str, Any]:
-    frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel)
+def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, picture: PictureOptions, fmt: str, on_frame) -> dict[str, Any]:
+    frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel, hwaccel_device=cuda_index(upscaler), picture=picture)
     first = next(frames_iter, None)
     if first is None:
         raise VsrError(f"segment {segment.index} of {source} decoded no frame (the index promised {segment.frames}); run without segments")
     info, _ = first
-    codec, pix_fmt = plan_encoder(fmt, info, settings)
-    width, height = output_size(info, upscaler.scale, outscale, planar_source(pix_fmt)[0])
+    codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=upscaler.scale, outscale=outscale)
     out_colour = color.for_output(info.colour, pix_fmt)
     # The container reads the video stream only; audio/subtitles are copied once, at the join.
     container = av.open(str(source))
     try:
         muxer = _RecordingMuxer(
-            tmp, fmt=piece_format(fmt), info=info, source=_VideoOnlySource(container, info.stream_index), width=width, height=height,
+            tmp, fmt=piece_format(fmt), info=info, source=_VideoOnlySource(container, info.stream_index), plan=plan,
             settings=replace(settings, audio=False, subtitles=False), codec=codec, pix_fmt=pix_fmt, colour=out_colour,
         )
     finally:
@@ -366,7 +427,7 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
             yield frame
 
     try:
-        decoded = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, (height, width), outscale is not None, on_frame)
+        decoded = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, plan, on_frame)
         stats = muxer.finish()
     except BaseException:
         muxer.abort()
@@ -375,17 +436,17 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
         frames_iter.close()
     if stats.frames != decoded or stats.video_packets != stats.frames or len(muxer.records) != stats.frames:
         raise VsrError(f"segment {segment.index} of {source}: {decoded} frames decoded, {stats.frames} encoded, {stats.video_packets} packets; not published (please report this)")
-    if decoded != segment.frames:
+    if decoded != segment.frames * (2 if plan.deinterlace.doubles_rate else 1):
         log.warning("segment %d of %s: %d frames decoded where the index counted %d packets", segment.index, source, decoded, segment.frames)
     tb = muxer.packet_time_base or info.time_base
     return {
         "schema": PIECE_SCHEMA, "segment": segment.as_dict(), "frames": stats.frames, "codec": codec, "pix_fmt": pix_fmt,
-        "width": width, "height": height, "format": fmt, "time_base": f"{tb.numerator}/{tb.denominator}",
+        "width": plan.width, "height": plan.height, "scale": upscaler.scale, "format": fmt, "time_base": f"{tb.numerator}/{tb.denominator}",
         "extradata": extradata.hex(), "packets": muxer.records,
     }
 
 
-def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, size, resize: bool, on_frame) -> int:
+def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, plan, on_frame) -> int:
     """Batches through the network on this thread; encoding on a second thread, joined by the
     pipeline's bounded channel (PyAV and torch release the GIL, so they overlap). Returns the
     number of frames decoded."""
@@ -398,7 +459,7 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
 
     stage = Stage("segment-encode", encode, stop, computed.wake)
     stage.start()
-    compute = BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, size=size, resize=resize)
+    compute = BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan)
     count = 0
     try:
         for group in frame_batches(frames, upscaler.batch):
@@ -476,10 +537,16 @@ def join_segments(
     target: Path,
     *,
     settings: EncodeSettings = EncodeSettings(),
+    picture: PictureOptions = PictureOptions(),
+    trim: Trim | None = None,
+    outscale: float | None = None,
     overwrite: bool = False,
 ) -> int:
     """Remux the pieces (in order) and the source's audio/subtitles into ``target``; returns frames.
 
+    With ``trim``, the audio/subtitle packets of the trimmed range are copied, moved back like the
+    video (the same rule as a single trimmed ``vsr run``). ``picture`` and ``outscale`` must be
+    the pieces' (the output stream is planned as theirs was, with the model scale they recorded).
     The output is published (renamed from ``<target>.partial``) only when every piece verified and
     the video packet count equals the sum of the pieces' frames.
     """
@@ -494,16 +561,16 @@ def join_segments(
         raise VsrError(f"the pieces of {target} were written for another container; run the batch again")
     container, info = open_input(source)
     try:
-        codec, pix_fmt = plan_encoder(fmt, info, settings)
         first = metas[0]
-        if any((m["codec"], m["pix_fmt"], m["width"], m["height"]) != (codec, pix_fmt, first["width"], first["height"]) for m in metas):
+        codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=int(first["scale"]), outscale=outscale, trim=trim)
+        if any((m["codec"], m["pix_fmt"], m["width"], m["height"]) != (codec, pix_fmt, plan.width, plan.height) for m in metas):
             raise VsrError(f"the pieces of {target} were encoded with other settings; run the batch again")
         colour = color.for_output(info.colour, pix_fmt)
         dts = _join_dts(metas)
         total = sum(m["frames"] for m in metas)
         with publish(target, overwrite=overwrite) as partial:
             muxer = _JoinMuxer(
-                partial, fmt=fmt, info=info, source=container, width=first["width"], height=first["height"],
+                partial, fmt=fmt, info=info, source=container, plan=plan,
                 settings=settings, codec=codec, pix_fmt=pix_fmt, colour=colour,
             )
             try:
@@ -515,7 +582,7 @@ def join_segments(
                             "does not give identical headers); run without segments"
                         )
                 video = _piece_packets(pieces, metas, dts)
-                copied = _copied_packets(container, muxer.copied_indices)
+                copied = _copied_packets(container, muxer.copied_indices, _join_cut(source, info, trim, muxer.copied_indices, container))
                 for kind, item in _interleave(video, copied):
                     if kind == "v":
                         muxer.write_video_packet(item)
@@ -553,16 +620,36 @@ def _piece_packets(pieces: list[Path], metas: list[dict[str, Any]], dts: list[li
                 raise VsrError(f"piece {piece} holds {n} video packets, its sidecar lists {len(records)}; run the batch again")
 
 
-def _copied_packets(container, indices: list[int]) -> Iterator[tuple[Fraction | None, CopiedPacket]]:
+def _join_cut(source: Path, info: VideoInfo, trim: Trim | None, indices: list[int], container) -> Cut | None:
+    """The copied-packet side of a trim, with the range the (trimmed) index put the video in."""
+    if trim is None or not trim.active:
+        return None
+    index = index_video(source, trim)
+    tb = index.time_base
+    kinds = {i: container.streams[i].type for i in indices}
+    return Cut.for_range(
+        trim.window(info.start_time), info, offset=index.offset, end=None if index.end_pts is None else index.end_pts * tb,
+        copied={i for i, k in kinds.items() if k != "attachment"}, subtitles={i for i, k in kinds.items() if k == "subtitle"},
+    )
+
+
+def _copied_packets(container, indices: list[int], cut: Cut | None = None) -> Iterator[tuple[Fraction | None, CopiedPacket]]:
     streams = [container.streams[i] for i in indices if container.streams[i].type != "attachment"]
     if not streams:
         return
+    if cut is not None and cut.window.start > cut.info.start_time:
+        first = container.streams[cut.info.stream_index]
+        container.seek(int(max(cut.window.start - Fraction(1), cut.info.start_time) / Fraction(first.time_base)), stream=first, backward=True)
     for packet in container.demux(streams):
         if not packet.size:
             continue
-        stamp = packet.dts if packet.dts is not None else packet.pts
-        key = Fraction(stamp) * Fraction(packet.time_base) if stamp is not None and packet.time_base else None
-        yield key, CopiedPacket(packet, packet.stream.index)
+        items = cut.packet(packet) if cut is not None else [CopiedPacket(packet, packet.stream.index)]
+        for item in items:
+            stamp = item.packet.dts if item.packet.dts is not None else item.packet.pts
+            key = Fraction(stamp) * Fraction(item.packet.time_base) if stamp is not None and item.packet.time_base else None
+            yield key, item
+        if cut is not None and cut.finished:
+            return
 
 
 def _interleave(video: Iterator, copied: Iterator) -> Iterator[tuple[str, Any]]:

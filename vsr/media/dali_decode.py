@@ -39,6 +39,7 @@ pipeline has to route them to :func:`frames_to_rgb` (see :data:`PIX_FMTS`).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import mmap
@@ -436,8 +437,19 @@ def frames_to_rgb(frames: list[Frame], device, upload: Callable | None = None):
     else:
         raise ValueError(f"not a DALI frame: pix_fmt {first.pix_fmt}")
     rgb = codes.permute(0, 3, 1, 2).to(torch.float32).mul_(1.0 / 255.0)
-    m = rematrix(first.colour.matrix)
-    if m is None:
+    weights = rematrix_on(first.colour.matrix, device)
+    if weights is None:
         return rgb.contiguous()
-    weights = torch.as_tensor(m, dtype=torch.float32).to(device, non_blocking=True)
     return torch.einsum("ij,njhw->nihw", weights, rgb).contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def rematrix_on(matrix: str, device):
+    """:func:`rematrix` as a float32 tensor resident on ``device``, uploaded once (from pinned
+    memory) per matrix and device instead of once per batch; None for BT.601."""
+    import torch
+
+    from ..device import to_device_once
+
+    m = rematrix(matrix)
+    return None if m is None else to_device_once(torch.as_tensor(m, dtype=torch.float32), torch.device(device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -20,8 +21,12 @@ import av
 import numpy as np
 
 from .. import color
-from ..errors import BackendUnavailable, InputError, InputMissing
+from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
 from ..frame import Frame, StreamInfo, VideoInfo
+from . import presentation
+from .deinterlace import DeinterlacePlan, Deinterlacer
+from .nvdec import decode_threads, decoded_by_nvdec
+from .trim import Trim, Window, format_time, shift_packet
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,11 @@ def _is_cover_art(stream: av.stream.Stream) -> bool:
         return False
 
 
-def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.InputContainer, VideoInfo]:
+def open_input(path: Path, *, hwaccel: str | None = None, hwaccel_device: int | None = None) -> tuple[av.container.InputContainer, VideoInfo]:
     """Open ``path`` and describe its first video stream (cover art does not count).
 
-    ``hwaccel="cuda"`` asks FFmpeg for NVDEC decoding (frames are downloaded to host memory).
+    ``hwaccel="cuda"`` asks FFmpeg for NVDEC decoding (frames are downloaded to host memory) on GPU
+    ``hwaccel_device`` (default: FFmpeg's, the first visible GPU).
     """
     path = Path(path)
     if not path.exists():
@@ -71,7 +77,7 @@ def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.
         raise InputError(f"input {path} is empty (0 bytes); nothing to upscale")
     options = {}
     if hwaccel:
-        options["hwaccel"] = _hwaccel(hwaccel)
+        options["hwaccel"] = _hwaccel(hwaccel, hwaccel_device)
     try:
         container = av.open(str(path), mode="r", **options)
     except av.error.FileNotFoundError as err:
@@ -85,10 +91,10 @@ def open_input(path: Path, *, hwaccel: str | None = None) -> tuple[av.container.
     except BaseException:
         container.close()
         raise
-    return container, info
+    return container, _with_first_frame(info)
 
 
-def _hwaccel(name: str):
+def _hwaccel(name: str, device: int | None = None):
     from av.codec.hwaccel import HWAccel, hwdevices_available
 
     if name != "cuda":
@@ -98,7 +104,7 @@ def _hwaccel(name: str):
     if "cuda" not in hwdevices_available() or not torch.cuda.is_available():
         raise BackendUnavailable("--hwaccel cuda needs an NVIDIA GPU and driver (NVDEC); none found, leave --hwaccel out to decode on the CPU")
     # Software fallback stays on: NVDEC does not take every profile (e.g. 4:2:2 H.264).
-    return HWAccel(device_type="cuda", allow_software_fallback=True)
+    return HWAccel(device_type="cuda", device=None if device is None else str(device), allow_software_fallback=True)
 
 
 def _ffmpeg_reason(err: BaseException) -> str:
@@ -126,6 +132,10 @@ def _describe(container: av.container.InputContainer, path: Path) -> VideoInfo:
     )
     rate = v.average_rate or v.guessed_rate or None
     duration = float(container.duration / av.time_base) if container.duration else None
+    # Trims count from where players start the timeline: the container's start (FFmpeg's -ss).
+    start = Fraction(container.start_time, av.time_base) if container.start_time is not None else None
+    if start is None and v.start_time is not None and v.time_base:
+        start = v.start_time * Fraction(v.time_base)
     return VideoInfo(
         path=path,
         container=container.format.name,
@@ -140,7 +150,43 @@ def _describe(container: av.container.InputContainer, path: Path) -> VideoInfo:
         colour=colour,
         stream_index=v.index,
         streams=streams,
+        sar=presentation.normalise_sar(v.sample_aspect_ratio),
+        field_order=presentation.field_order_name(cc.field_order),
+        start_time=start or Fraction(0),
     )
+
+
+def _with_first_frame(info: VideoInfo) -> VideoInfo:
+    """Add what only a decoded frame tells: the display matrix and HDR10 metadata (FFmpeg
+    attaches the stream's side data to every frame, whether the container or the bitstream held
+    it) and whether the pictures are flagged interlaced. Decodes the first frame from a second
+    opening of the file, so the caller's container is untouched; a file whose first frame does not
+    decode is left for the real decode to report."""
+    from dataclasses import replace
+
+    try:
+        with av.open(str(info.path)) as container:
+            stream = container.streams[info.stream_index]
+            stream.thread_type = "NONE"
+            frame = next(container.decode(stream), None)
+    except (av.error.FFmpegError, OSError, StopIteration) as err:
+        log.debug("first-frame probe of %s failed (%s)", info.path, err)
+        return info
+    if frame is None:
+        return info
+    matrix = mastering = light = None
+    for side in frame.side_data:
+        kind = side.type.name
+        if kind == "DISPLAYMATRIX":
+            matrix = presentation.parse_display_matrix(bytes(side))
+        elif kind == "MASTERING_DISPLAY_METADATA":
+            mastering = presentation.parse_mastering_display(bytes(side))
+        elif kind == "CONTENT_LIGHT_LEVEL":
+            light = presentation.parse_content_light(bytes(side))
+    if matrix == presentation.IDENTITY:
+        matrix = None
+    hdr = presentation.HdrMetadata(mastering, light) if (mastering or light) else None
+    return replace(info, display_matrix=matrix, hdr=hdr, interlaced_frames=bool(frame.interlaced_frame))
 
 
 def frame_planes(frame: av.VideoFrame) -> tuple[str, list[np.ndarray]]:
@@ -181,36 +227,111 @@ def iter_media(
     info: VideoInfo,
     *,
     copy_streams: Collection[int],
+    trim: Trim | None = None,
+    deinterlace: DeinterlacePlan | None = None,
 ) -> Iterator[Frame | CopiedPacket]:
     """Demux the file once, in order: decoded frames of the video stream as :class:`Frame`, and the
     packets of the streams in ``copy_streams`` (input indices) as :class:`CopiedPacket`.
 
+    ``trim`` cuts a range out (see :mod:`vsr.media.trim`): decoding starts at the keyframe before
+    it, and every kept frame and packet moves back by the time of the first kept frame.
+    ``deinterlace`` runs the frames through ``bwdif`` first (see :mod:`vsr.media.deinterlace`).
+    Without either, frames keep the decoder's ``pts`` and time base exactly.
+
     Decoding errors after the first frame end the stream with a warning instead of failing the job
     (a truncated or damaged tail); the caller sees fewer frames and the warning says how many.
     """
+    window = trim.window(info.start_time) if trim is not None and trim.active else None
+    plan = deinterlace or DeinterlacePlan()
+    for attempt in ("seek", "from the start"):
+        seek = attempt == "seek" and window is not None and window.start > info.start_time
+        if attempt != "seek":
+            container.seek(0)
+        try:
+            yield from _iter_media(container, info, copy_streams=copy_streams, window=window, plan=plan, seek=seek)
+            return
+        except _SeekMissed as missed:
+            log.info("input %s: %s; decoding from the start instead", info.path, missed)
+
+
+class _SeekMissed(Exception):
+    """The demuxer's seek landed after the start of the trim (an imprecise index, e.g. MPEG-TS)."""
+
+
+# Seek this far before a trim's start, so that an audio packet that straddles the start and was
+# muxed just before the video keyframe is still read.
+_SEEK_MARGIN = Fraction(1)
+# Once the video is past a trim's end, stop demuxing when the file is this far past it (muxers
+# interleave streams much closer than that; sparse subtitle streams may never pass the end).
+_END_MARGIN = Fraction(10)
+
+
+def _iter_media(container, info: VideoInfo, *, copy_streams: Collection[int], window: Window | None, plan: DeinterlacePlan, seek: bool) -> Iterator[Frame | CopiedPacket]:
     video = container.streams[info.stream_index]
     video.thread_type = "AUTO"
+    if video.codec_context.is_hwaccel:  # NVDEC: the thread count must fit its decode surfaces
+        video.codec_context.thread_count = decode_threads(os.cpu_count() or 1)
     # Attachments have no packets: their data travels with the stream header (see encode.py).
     copied = [container.streams[i] for i in copy_streams if container.streams[i].type != "attachment"]
+    if seek:
+        target = max(window.start - _SEEK_MARGIN, info.start_time)
+        container.seek(int(target / Fraction(video.time_base)), stream=video, backward=True, any_frame=False)
+    cut = Cut(window, info, plan, seek=seek, subtitles={s.index for s in copied if s.type == "subtitle"}, copied={s.index for s in copied})
+    deinterlacer = Deinterlacer(plan, info.time_base) if (plan.enabled or plan.lazy) else None
     count = 0
     damaged: list[int] = []
     last_key: int | None = None  # pts of the last keyframe packet, where the tail check starts
     recent: deque[tuple[int | None, int]] = deque(maxlen=_TAIL_FRAMES)  # (pts, index) of the last frames
+
+    def frames_of(raw: av.VideoFrame | None) -> Iterator[av.VideoFrame]:
+        if deinterlacer is None:
+            if raw is not None:
+                yield raw
+            return
+        yield from (deinterlacer.push(raw) if raw is not None else deinterlacer.flush())
+
+    nvdec_checked = not video.codec_context.is_hwaccel
+
+    def emit(raw: av.VideoFrame | None) -> Iterator[Frame | CopiedPacket]:
+        nonlocal count, nvdec_checked
+        if raw is not None and not nvdec_checked:
+            nvdec_checked = True
+            if not decoded_by_nvdec(raw.format.name):
+                log.warning("input %s: NVDEC cannot decode this stream (%s); decoding on the CPU instead", info.path, raw.format.name)
+        for frame in frames_of(raw):
+            verdict = cut.frame(frame)
+            if verdict == "drop":
+                continue
+            yield from cut.release()  # the packets this frame (or the end of the range) decided
+            if verdict == "stop":
+                return
+            if frame.is_corrupt:
+                damaged.append(count)
+            recent.append((frame.pts, count))
+            yield _to_frame(frame, count, info, cut.timestamp(frame))
+            count += 1
+
     try:
         for packet in container.demux([video, *copied]):
             stream = packet.stream
             if stream.index != info.stream_index:
                 if packet.size:  # empty packets are demuxer flush markers, not data
-                    yield CopiedPacket(packet, stream.index)
+                    yield from cut.packet(packet)
+                if cut.finished:
+                    break
+                continue
+            if cut.video_done:
+                cut.advance(packet)
+                if cut.finished:
+                    break
                 continue
             if packet.is_keyframe and packet.pts is not None:
                 last_key = packet.pts
-            for frame in _decode(packet, count):
-                if frame.is_corrupt:
-                    damaged.append(count)
-                recent.append((frame.pts, count))
-                yield _to_frame(frame, count, info)
-                count += 1
+            for raw in _decode(packet, count):
+                yield from emit(raw)
+        else:
+            if not cut.video_done:
+                yield from emit(None)  # what the deinterlacer still holds
     except av.error.FFmpegError as err:
         if count == 0:
             raise InputError(f"input {info.path}: no frame could be decoded ({_ffmpeg_reason(err)})") from err
@@ -220,8 +341,14 @@ def iter_media(
         )
         return
     if count == 0:
+        if window is not None:
+            raise UsageError(
+                f"input {info.path}: no video frame lies in the trim range ({window_text(window, info)}); "
+                "check --start/--duration against the video's length"
+            )
         raise InputError(f"input {info.path}: the video stream holds no decodable frame")
-    if last_key is not None and recent:
+    yield from cut.release(final=True)  # the file ended before the range did: everything left is in it
+    if window is None and last_key is not None and recent and not (deinterlacer and deinterlacer.started):
         # With frame threading FFmpeg does not reliably flag a frame it concealed (seen on a
         # truncated MPEG-TS: 7 runs in 20 missed it), and a truncated file damages the last GOP:
         # decode that GOP again on one thread, where the flag is reliable.
@@ -233,8 +360,154 @@ def iter_media(
             "input %s is damaged or truncated: %d frames read, %d of them incomplete (frame %s, kept as FFmpeg concealed them)",
             info.path, count, len(damaged), where,
         )
-    if video.frames and count < video.frames:
+    if window is None and video.frames and count < video.frames and not (deinterlacer and deinterlacer.started):
         log.warning("input %s ended early: %d frames read, the header announced %d (truncated file?)", info.path, count, video.frames)
+
+
+def window_text(window: Window, info: VideoInfo) -> str:
+    """A trim window in the user's terms (from the start of the file)."""
+    start = format_time(window.start - info.start_time)
+    end = f" to {format_time(window.end - info.start_time)}" if window.end is not None else ""
+    frames = f", at most {window.frames} frames" if window.frames is not None else ""
+    length = f"; the file lasts {format_time(info.duration)}" if info.duration else ""
+    return f"from {start}{end}{frames}{length}"
+
+
+class Cut:
+    """Which frames and copied packets a trim keeps, and how far their timestamps move.
+
+    Without a window everything is kept unchanged. With one, copied packets wait while their fate
+    is open: before the first kept frame (the shift is that frame's time), and, for a ``--frames``
+    count, past the last kept frame (the range ends where the frame after the last one starts).
+    So what is kept depends only on the file, not on how far the decoder's threads ran ahead.
+    """
+
+    @classmethod
+    def for_range(cls, window: Window, info: VideoInfo, *, offset: Fraction, end: Fraction | None, copied: set[int], subtitles: set[int]) -> Cut:
+        """The copied-packet side of a cut whose video range is already known (``offset``: the
+        first kept frame's time; ``end``: the first frame past the range, None: the file's end),
+        for remuxing the other streams of a trimmed video decoded elsewhere (batch segments)."""
+        cut = cls(window, info, DeinterlacePlan(), seek=False, subtitles=subtitles, copied=copied)
+        cut.offset, cut.video_done = offset, True
+        ends = [e for e in (end, window.end) if e is not None]
+        cut.end = min(ends) if ends else None
+        return cut
+
+    def __init__(self, window: Window | None, info: VideoInfo, plan: DeinterlacePlan, *, seek: bool, subtitles: set[int], copied: set[int]):
+        from .deinterlace import output_time_base
+
+        self.window = window
+        self.info = info
+        self.seek = seek
+        self.subtitles = subtitles
+        self.open_streams = set(copied)  # copied streams not yet past the end
+        self.rescale = window is not None or plan.enabled or plan.lazy
+        self.time_base = output_time_base(info.time_base, plan)
+        self.offset: Fraction | None = Fraction(0) if window is None else None
+        self.kept = 0
+        self.end: Fraction | None = window.end if window is not None else None
+        self.video_done = False
+        self.clock = Fraction(0)
+        self.horizon: Fraction | None = None  # time of the last kept frame
+        self._pending: list[av.Packet] = []
+        self._first = True
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more is needed from the file."""
+        if not self.video_done:
+            return False
+        return not self.open_streams or (self.end is not None and self.clock >= self.end + _END_MARGIN)
+
+    def frame(self, frame: av.VideoFrame) -> str:
+        """``keep``, ``drop`` (before the range) or ``stop`` (past it) for a decoded frame."""
+        first, self._first = self._first, False
+        if self.window is None:
+            return "keep"
+        if frame.pts is None:
+            raise InputError(f"input {self.info.path}: a decoded frame has no timestamp, so the video cannot be trimmed; leave out --start/--duration/--frames")
+        t = frame.pts * Fraction(frame.time_base or self.info.time_base)
+        if first and self.seek and t > self.window.start:
+            raise _SeekMissed(f"seeking for --start landed at {format_time(t - self.info.start_time)}, after the start")
+        if self.window.before(t):
+            return "drop"
+        if self.window.past(t, self.kept):
+            self.video_done = True
+            self.end = t if self.end is None else min(self.end, t)
+            return "stop"
+        if self.offset is None:
+            self.offset = t
+        self.horizon = t
+        self.kept += 1
+        return "keep"
+
+    def timestamp(self, frame: av.VideoFrame) -> tuple[int | None, Fraction]:
+        """The kept frame's output (pts, time_base)."""
+        tb = Fraction(frame.time_base) if frame.time_base else self.info.time_base
+        if not self.rescale or frame.pts is None:
+            return frame.pts, tb
+        ticks = (frame.pts * tb - self.offset) / self.time_base
+        return round(ticks), self.time_base
+
+    def packet(self, packet: av.Packet) -> Iterator[CopiedPacket]:
+        """A copied packet: passed on, held until the first frame, or dropped."""
+        index = packet.stream.index
+        if self.window is None:
+            yield CopiedPacket(packet, index)
+            return
+        t, duration = self._times(packet)
+        if t is None:
+            return
+        self.clock = max(self.clock, t)
+        if self.video_done and self.end is not None and t >= self.end:
+            self.open_streams.discard(index)
+            return
+        if not self.window.keeps_packet(t, duration, self.end):
+            return
+        if self.offset is None or self._open(t):
+            self._pending.append(packet)
+            return
+        yield self._shifted(packet)
+
+    def advance(self, packet: av.Packet) -> None:
+        """A video packet read after the range ended: only moves the clock."""
+        t, _ = self._times(packet)
+        if t is not None:
+            self.clock = max(self.clock, t)
+
+    def release(self, *, final: bool = False) -> Iterator[CopiedPacket]:
+        """Held-back copied packets whose fate is now known (all of them when ``final``: the file ended)."""
+        if self.offset is None or not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for packet in pending:
+            t, duration = self._times(packet)
+            if not self.window.keeps_packet(t, duration, self.end):
+                continue
+            if self._open(t) and not final:
+                self._pending.append(packet)
+                continue
+            yield self._shifted(packet)
+
+    def _open(self, t: Fraction) -> bool:
+        # Past the last kept frame, with the range's end still unknown (a --frames count).
+        if self.video_done or self.end is not None or self.window.frames is None:
+            return False
+        return self.horizon is None or t >= self.horizon
+
+    def _times(self, packet: av.Packet) -> tuple[Fraction | None, Fraction]:
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is None or not packet.time_base:
+            return None, Fraction(0)
+        tb = Fraction(packet.time_base)
+        return stamp * tb, (packet.duration or 0) * tb
+
+    def _shifted(self, packet: av.Packet) -> CopiedPacket:
+        index = packet.stream.index
+        packet.pts, packet.dts, packet.duration = shift_packet(
+            packet.pts, packet.dts, packet.duration, Fraction(packet.time_base), self.offset, clip=index in self.subtitles,
+        )
+        return CopiedPacket(packet, index)
 
 
 def _corrupt_tail(info: VideoInfo, key_pts: int) -> list[int]:
@@ -272,16 +545,16 @@ def _decode(packet: av.Packet, count: int) -> Iterator[av.VideoFrame]:
         log.warning("frame data after decoded frame %d is corrupt (%s); skipped by the decoder", count, _ffmpeg_reason(err))
 
 
-def _to_frame(frame: av.VideoFrame, index: int, info: VideoInfo) -> Frame:
+def _to_frame(frame: av.VideoFrame, index: int, info: VideoInfo, stamp: tuple[int | None, Fraction]) -> Frame:
     if (frame.width, frame.height) != (info.width, info.height):
         raise InputError(
             f"input {info.path}: the frame size changes from {info.width}x{info.height} to "
             f"{frame.width}x{frame.height} at frame {index}; split the file where the size changes"
         )
     pix_fmt, planes = frame_planes(frame)
-    time_base = Fraction(frame.time_base) if frame.time_base else info.time_base
+    pts, time_base = stamp
     return Frame(
-        index=index, planes=planes, pix_fmt=pix_fmt, pts=frame.pts, time_base=time_base,
+        index=index, planes=planes, pix_fmt=pix_fmt, pts=pts, time_base=time_base,
         width=frame.width, height=frame.height, colour=_frame_colour(frame, pix_fmt, info),
     )
 

@@ -21,6 +21,9 @@ from .. import color
 from ..errors import BackendUnavailable, IOFailure, OutputError, UsageError
 from ..frame import VideoInfo
 from .decode import CopiedPacket
+from .plan import VideoPlan
+from .presentation import AV_FIELD_PROGRESSIVE, HDR_ENCODERS, hdr_params, merge_params
+from .trim import trim_chapters
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,24 @@ def encoder_options(codec: str, *, crf: float | None, preset: str | None, extra:
     return options
 
 
+def with_hdr(codec: str, options: dict[str, str], hdr) -> dict[str, str]:
+    """Encoder options that also write the source's HDR10 static metadata (mastering display and
+    content light level) into the bitstream, where ``codec`` takes them; a warning where it does not.
+    Parameters the user gave in the same option string win."""
+    if hdr is None:
+        return options
+    key = HDR_ENCODERS.get(codec)
+    if key is None:
+        log.warning(
+            "the source carries HDR10 metadata (%s) but %s cannot write it; the output keeps the colour tags only. "
+            "Use --codec %s to keep it", hdr.describe(), codec, " or ".join(sorted(HDR_ENCODERS)),
+        )
+        return options
+    out = dict(options)
+    out[key] = merge_params(out.get(key), hdr_params(codec, hdr))
+    return out
+
+
 def planar_source(pix_fmt: str) -> tuple[str, int]:
     """The planar format the compute step should produce for encoder format ``pix_fmt``, and the
     left shift that packs it (P010 keeps 10 bits in the high bits of 16)."""
@@ -154,8 +175,7 @@ class Muxer:
         fmt: str,
         info: VideoInfo,
         source: av.container.InputContainer,
-        width: int,
-        height: int,
+        plan: VideoPlan,
         settings: EncodeSettings,
         codec: str,
         pix_fmt: str,
@@ -164,11 +184,12 @@ class Muxer:
         self.path = Path(path)
         self.fmt = fmt
         self.info = info
+        self.plan = plan
         self.codec = codec
         self.pix_fmt = pix_fmt
         self.planar_fmt, self._shift = planar_source(pix_fmt)
         self.colour = colour
-        self.width, self.height = width, height
+        self.width, self.height = plan.width, plan.height
         self.stats = MuxStats()
         copied = plan_copies(source, fmt, settings, video_index=info.stream_index)
         self._out = _open_output(self.path, fmt)
@@ -186,14 +207,22 @@ class Muxer:
             if key.lower() not in _MUXER_METADATA:
                 out.metadata[key] = value
         out.metadata["encoder"] = f"vsr (Lavf, {self.codec})"
-        rate = self.info.rate or Fraction(25)
+        plan = self.plan
+        rate = plan.rate or Fraction(25)
         options = encoder_options(self.codec, crf=settings.crf, preset=settings.preset, extra=settings.options)
+        options = with_hdr(self.codec, options, plan.hdr)
         video = out.add_stream(self.codec, rate=rate, options=options)
         video.width, video.height, video.pix_fmt = self.width, self.height, self.pix_fmt
         cc = video.codec_context
-        cc.time_base = self.info.time_base
+        cc.time_base = plan.time_base
         cc.colorspace, cc.color_range = self.colour.colorspace, self.colour.color_range
         cc.color_primaries, cc.color_trc = self.colour.primaries, self.colour.transfer
+        # Pixels leave the network as progressive frames (deinterlaced, or combing upscaled as picture).
+        cc.field_order = AV_FIELD_PROGRESSIVE
+        if plan.sar != 1:
+            cc.sample_aspect_ratio = plan.sar
+        if plan.display_matrix is not None:
+            video.set_display_matrix(list(plan.display_matrix))
         in_video = source.streams[self.info.stream_index]
         _copy_stream_metadata(in_video, video)
         self.video = video
@@ -202,6 +231,12 @@ class Muxer:
             self.copy_map[stream.index] = out.add_stream_from_template(stream)
             _copy_stream_metadata(stream, self.copy_map[stream.index])
         chapters = source.chapters() if hasattr(source, "chapters") else []
+        if chapters and plan.window is not None:
+            # A trimmed output has the chapters of its range, moved like its timestamps.
+            end = plan.window.end
+            if end is None and plan.window.frames is not None and plan.rate:
+                end = plan.window.start + plan.window.frames / Fraction(plan.rate)
+            chapters = trim_chapters(chapters, plan.window.start, end)
         if chapters and self.fmt in ("mp4", "mov", "matroska", "webm"):
             out.set_chapters(chapters)
         try:

@@ -1,0 +1,277 @@
+"""OpenVINO backend: the torch network converted by OpenVINO, compiled for a CPU, GPU or NPU.
+
+``pip install "vsr[openvino]"``. The model is converted from the torch module itself
+(``openvino.convert_model`` with an example input, which traces it; dynamic batch, height and
+width unless a fixed shape is asked for), compiled for the OpenVINO device, and the compiled model
+(``CompiledModel.export_model``) is kept in the engine cache ``$VSR_HOME/engines/openvino`` under
+a key of the weights (:func:`vsr.engines.cache.model_digest`), the precision, the input shape
+(or "dynamic"), the performance hint, the OpenVINO and torch versions and the device's full name.
+Converting x4plus takes seconds; importing the cached file a fraction of that.
+
+Precision. ``INFERENCE_PRECISION_HINT`` is always set: OpenVINO's CPU plugin otherwise runs an
+fp32 model in bf16 on any CPU with AVX512_BF16 or AMX. fp32 is vsr's default everywhere; bf16
+(CPU) and fp16 (GPU, and CPUs with AVX512-FP16/AMX-FP16) are used when asked for. Inputs and
+outputs stay float32 tensors in host memory (``dtype``); the precision the network computes in is
+``compute_dtype``. The import passes the whole compile configuration again, because the CPU
+plugin takes precision and threads from the import call, not from the file.
+
+Threads. ``PERFORMANCE_HINT=LATENCY``: one inference at a time (the compute thread of the
+pipeline calls the engine), using ``INFERENCE_NUM_THREADS`` = ``threads`` (default: torch's thread
+count, which is what ``--threads`` sets), so OpenVINO's pool and torch's colour conversion share
+the cores vsr may use.
+
+Devices. ``device`` takes OpenVINO's names: ``CPU`` (also ``cpu``/``auto``), ``GPU``, ``GPU.N``,
+``NPU``. Only the CPU has been run in this project; GPU and NPU are passed to OpenVINO as they are.
+NPUs need static shapes: pass ``shape=(N, C, H, W)``; the engine then exposes ``fixed_shape`` and
+runs any tile count and smaller tiles like the other fixed-shape engines
+(:func:`vsr.engines.fixed.run_fixed`). An allocation failure inside OpenVINO is raised as
+``torch.OutOfMemoryError``, so the Upscaler's smaller-tile retry applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import re
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..device import dtype_name
+from ..errors import BackendUnavailable, UsageError
+from .fixed import check_input, run_fixed
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install "vsr[openvino]"'
+# OpenVINO element type names for INFERENCE_PRECISION_HINT.
+PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+# OPTIMIZATION_CAPABILITIES entry a device lists when it runs that precision natively.
+CAPABILITIES = {torch.float32: "FP32", torch.bfloat16: "BF16", torch.float16: "FP16"}
+# vsr calls the engine from one thread, one batch at a time.
+PERFORMANCE_HINT = "LATENCY"
+# Bump when what the cached file holds changes meaning.
+BLOB_FORMAT = 1
+_DEVICE = re.compile(r"(cpu|gpu(\.\d+)?|npu)", re.IGNORECASE)
+# Words OpenVINO's exceptions carry when a device allocation failed.
+_OOM_MARKERS = ("bad_alloc", "out of memory", "failed to allocate", "cannot allocate", "can't allocate")
+
+
+def import_openvino():
+    """The ``openvino`` module, or exit 69 naming the install command."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise BackendUnavailable(f"the openvino backend needs OpenVINO, which is not installed: {INSTALL_HINT}") from err
+    return openvino
+
+
+def openvino_device(text: str) -> str:
+    """A ``--device`` value as OpenVINO's device name: ``auto``/``cpu`` -> ``CPU``; ``GPU``,
+    ``GPU.N`` and ``NPU`` (any case) as OpenVINO spells them. CUDA names are a usage error."""
+    if text.lower() in ("auto", "cpu"):
+        return "CPU"
+    if not _DEVICE.fullmatch(text):
+        raise UsageError(f"--device {text!r} is not an OpenVINO device; use CPU, GPU, GPU.N or NPU with --backend openvino")
+    return text.upper()
+
+
+def is_openvino_only_device(text: str) -> bool:
+    """Whether ``text`` names a device only OpenVINO runs on (an Intel GPU or an NPU)."""
+    return bool(_DEVICE.fullmatch(text)) and text.lower() != "cpu"
+
+
+def compile_config(ov_device: str, dtype: torch.dtype, threads: int | None) -> dict[str, Any]:
+    """The properties vsr compiles (and imports) a model with on ``ov_device``."""
+    if dtype not in PRECISION_HINTS:
+        raise UsageError(f"OpenVINO runs fp32, bf16 or fp16, not {dtype}")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[dtype], "PERFORMANCE_HINT": PERFORMANCE_HINT}
+    if ov_device == "CPU" and threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def blob_key(digest: str, *, ov_device: str, device_name: str, dtype: torch.dtype, shape: tuple[int, ...] | None, version: str) -> str:
+    """Engine-cache key of a compiled model: weights, precision, shape, hint, versions, device."""
+    from .cache import engine_key
+
+    config = {
+        "artifact": "openvino", "format": BLOB_FORMAT, "precision": PRECISION_HINTS[dtype],
+        "shape": list(shape) if shape else "dynamic", "hint": PERFORMANCE_HINT,
+    }
+    versions = {"openvino": version, "torch": torch.__version__}
+    return engine_key(digest, config, versions, {"name": ov_device, "full_name": device_name})
+
+
+def is_out_of_memory(message: str) -> bool:
+    """Whether an OpenVINO error message reports a failed allocation."""
+    low = message.lower()
+    return any(marker in low for marker in _OOM_MARKERS)
+
+
+def convert(model: nn.Module, shape: tuple[int, ...] | None = None):
+    """``model`` as an ``openvino.Model``: dynamic ``(N, C, H, W)``, or ``shape`` when given."""
+    ov = import_openvino()
+    spec = model.spec
+    side = -(-max(64, spec.min_size) // spec.multiple_of) * spec.multiple_of
+    example = torch.rand(1, spec.in_channels, side, side)
+    net = copy.deepcopy(model).float().eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow are expected
+        converted = ov.convert_model(net, example_input=example)
+    if shape is not None:
+        converted.reshape(list(shape))
+    return converted
+
+
+def _exported_bytes(compiled) -> bytes:
+    blob = compiled.export_model()
+    return blob.getvalue() if isinstance(blob, io.BytesIO) else bytes(blob)
+
+
+def check_shape(shape: tuple[int, ...] | None, model: nn.Module) -> tuple[int, int, int, int] | None:
+    """Validate a fixed ``(N, C, H, W)`` for ``model``; None stays None (dynamic)."""
+    if shape is None:
+        return None
+    spec = model.spec
+    if len(shape) != 4 or any(int(d) < 1 for d in shape):
+        raise UsageError(f"an OpenVINO input shape is (N, C, H, W) with positive sides, got {shape}")
+    n, c, h, w = (int(d) for d in shape)
+    if c != spec.in_channels or h % spec.multiple_of or w % spec.multiple_of or min(h, w) < spec.min_size:
+        raise UsageError(
+            f"shape {n}x{c}x{h}x{w} does not fit {spec.describe()}: {spec.in_channels} channels, sides multiples"
+            f" of {spec.multiple_of} and at least {spec.min_size}"
+        )
+    return n, c, h, w
+
+
+class OpenVinoEngine:
+    """A torch network (carrying ``.spec``) converted and compiled by OpenVINO; follows :class:`Engine`.
+
+    ``device``: OpenVINO device name (see :func:`openvino_device`). ``dtype``: the precision the
+    network computes in (fp32 default). ``threads``: CPU inference threads (default torch's count).
+    ``shape``: a fixed ``(N, C, H, W)`` input (default: dynamic). ``cache_root``: where compiled
+    models are kept (default ``$VSR_HOME/engines/openvino``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str = "CPU",
+        dtype: torch.dtype = torch.float32,
+        threads: int | None = None,
+        shape: tuple[int, ...] | None = None,
+        cache_root: Path | None = None,
+    ):
+        ov = import_openvino()
+        self._ov = ov
+        self.ov_device = openvino_device(device)
+        core = ov.Core()
+        _check_available(self.ov_device, core.available_devices)
+        dtype = _supported(core, self.ov_device, dtype)
+        self.fixed_shape = check_shape(shape, model)
+        self.input_shape: tuple[int | None, ...] = self.fixed_shape or (None, model.spec.in_channels, None, None)
+        self.spec = model.spec
+        self.device = torch.device("cpu")  # inputs and outputs live in host memory
+        self.dtype = torch.float32
+        self.compute_dtype = dtype
+        self.threads = threads or (torch.get_num_threads() if self.ov_device == "CPU" else None)
+        self.name = f"OpenVINO model of {self.spec.describe()}"
+        self.path = cached_model(model, core=core, ov_device=self.ov_device, dtype=dtype, shape=self.fixed_shape, root=cache_root)
+        self._compiled = core.import_model(self.path.read_bytes(), self.ov_device, compile_config(self.ov_device, dtype, self.threads))
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+        log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``openvino CPU, fp32, 2 threads, dynamic shapes``."""
+        threads = f", {self.threads} threads" if self.threads else ""
+        shape = "x".join(map(str, self.fixed_shape)) if self.fixed_shape else "dynamic shapes"
+        return f"openvino {self.ov_device}, {dtype_name(self.compute_dtype)}{threads}, {shape}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Upscale ``x`` ``(N, C, H, W)`` (float32 on the CPU); returns float32 on the CPU."""
+        if self._request is None:
+            raise RuntimeError("OpenVinoEngine used after close()")
+        x = x.to(device="cpu", dtype=torch.float32)
+        check_input(x, self.spec, self.input_shape, self.name)
+        return run_fixed(x, self.input_shape, self.spec.scale, self._infer)
+
+    def close(self) -> None:
+        """Drop the compiled model and its request; the engine is unusable afterwards."""
+        with self._lock:
+            self._request = None
+            self._compiled = None
+
+    def __repr__(self) -> str:
+        return f"OpenVinoEngine({self.spec.describe()}, {self.describe()})"
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        s = self.spec.scale
+        y = torch.empty((n, self.spec.out_channels, height * s, width * s), dtype=torch.float32)
+        ov = self._ov
+        with self._lock:
+            request = self._request
+            if request is None:
+                raise RuntimeError("OpenVinoEngine used after close()")
+            # Shared memory both ways: OpenVINO reads x and writes y in place, no copies.
+            request.set_input_tensor(ov.Tensor(x.numpy(), shared_memory=True))
+            request.set_output_tensor(ov.Tensor(y.numpy(), shared_memory=True))
+            try:
+                request.infer()
+            except RuntimeError as err:
+                if is_out_of_memory(str(err)):
+                    first = str(err).strip().splitlines()[-1] if str(err).strip() else "allocation failed"
+                    raise torch.OutOfMemoryError(f"OpenVINO on {self.ov_device} is out of memory ({first})") from err
+                raise
+        return y
+
+
+def cached_model(model: nn.Module, *, core, ov_device: str, dtype: torch.dtype, shape: tuple[int, ...] | None, root: Path | None = None) -> Path:
+    """The compiled model file for ``model`` on ``ov_device``, converted and compiled once per key."""
+    import openvino
+
+    from .cache import cache_dir, get_or_build, model_digest
+
+    device_name = str(core.get_property(ov_device, "FULL_DEVICE_NAME"))
+    key = blob_key(model_digest(model), ov_device=ov_device, device_name=device_name, dtype=dtype, shape=shape, version=openvino.__version__)
+
+    def build(tmp: Path) -> dict:
+        log.info("converting %s for OpenVINO %s (%s, %s; once per model)", model.spec.describe(), ov_device, dtype_name(dtype),
+                 "x".join(map(str, shape)) if shape else "dynamic shapes")
+        compiled = core.compile_model(convert(model, shape), ov_device, compile_config(ov_device, dtype, None))
+        tmp.write_bytes(_exported_bytes(compiled))
+        return {"spec": model.spec.describe(), "device": ov_device, "device_name": device_name, "precision": dtype_name(dtype),
+                "shape": list(shape) if shape else "dynamic", "openvino": openvino.__version__}
+
+    return get_or_build(key, build, root=root if root is not None else cache_dir() / "openvino")
+
+
+def _check_available(ov_device: str, available: list[str]) -> None:
+    base = ov_device.split(".")[0]
+    if ov_device in available or (ov_device == base and any(d.split(".")[0] == base for d in available)):
+        return
+    raise BackendUnavailable(f"OpenVINO sees no {ov_device} device here (it has {', '.join(available) or 'none'}); use --device CPU")
+
+
+def _supported(core, ov_device: str, dtype: torch.dtype) -> torch.dtype:
+    """``dtype`` when ``ov_device`` lists it among its capabilities, else fp32 with a warning."""
+    if dtype not in PRECISION_HINTS:
+        raise UsageError(f"OpenVINO runs fp32, bf16 or fp16, not {dtype}")
+    if dtype == torch.float32:
+        return dtype
+    caps: list[str] = []
+    with contextlib.suppress(Exception):
+        caps = list(core.get_property(ov_device, "OPTIMIZATION_CAPABILITIES"))
+    if CAPABILITIES[dtype] in caps:
+        return dtype
+    log.warning("OpenVINO's %s device does not run %s (capabilities: %s); using fp32", ov_device, dtype_name(dtype), ", ".join(caps) or "unknown")
+    return torch.float32

@@ -1,0 +1,281 @@
+"""The OpenVINO backend around the conformance suite: the engine cache, devices, shapes and tiling,
+the CLI (`vsr run`/`vsr batch --backend openvino`), a missing package; and the CPU choices of
+issue 13 (batch by frame size, threads, `--backend auto` on the CPU).
+
+The conformance of OpenVINO's outputs against torch fp32 is in tests/test_engines.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import media
+from helpers import LimitedMemoryEngine, crop, one_line_error, psnr, run, tiny_rrdb, tiny_srvgg
+from vsr.errors import BackendUnavailable, UsageError
+from vsr.kernels import quantize
+from vsr.upscale import Upscaler, cpu_batch, engine_limits
+
+openvino = pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
+
+from vsr.engines import openvino_engine as ove  # noqa: E402  (after the importorskip)
+from vsr.engines.openvino_engine import OpenVinoEngine  # noqa: E402
+
+
+def photos(h: int, w: int) -> torch.Tensor:
+    crops = (("astronaut", 100, 180), ("chelsea", 60, 130))
+    return torch.stack([torch.from_numpy(crop(name, y, x, h, w)).permute(2, 0, 1).float() / 255 for name, y, x in crops])
+
+
+def reference(model, x):
+    with torch.inference_mode():
+        return quantize(model(x), 8)
+
+
+# --------------------------------------------------------------------------- cache and key
+
+
+def test_compiled_model_is_cached_under_a_full_key(tmp_path, caplog):
+    model = tiny_srvgg(seed=3)
+    with caplog.at_level(logging.INFO, logger="vsr.engines"):
+        first = OpenVinoEngine(model, cache_root=tmp_path)
+    assert caplog.text.count("converting") == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vsr.engines"):
+        again = OpenVinoEngine(model, cache_root=tmp_path, threads=1)
+    assert "converting" not in caplog.text  # the second engine imports the cached file
+    assert again.path == first.path and again.threads == 1
+    from vsr.engines.cache import read_sidecar
+
+    meta = read_sidecar(first.path)
+    assert meta["complete"] and meta["precision"] == "fp32" and meta["shape"] == "dynamic" and meta["device"] == "CPU"
+    x = photos(24, 32)
+    assert psnr(quantize(again(x), 8), quantize(first(x), 8)) == float("inf")  # same compiled model
+    # Another precision, shape or set of weights is another entry.
+    fixed = OpenVinoEngine(model, cache_root=tmp_path, shape=(1, 3, 24, 32))
+    other = OpenVinoEngine(tiny_srvgg(seed=4), cache_root=tmp_path)
+    assert len({first.path, fixed.path, other.path}) == 3
+    for engine in (first, again, fixed, other):
+        engine.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        first(x)
+
+
+def test_key_covers_weights_precision_shape_versions_and_device():
+    base = dict(ov_device="CPU", device_name="AMD EPYC", dtype=torch.float32, shape=None, version="2026.4.1")
+    digest = "a" * 64
+    key = ove.blob_key(digest, **base)
+    variants = [
+        ove.blob_key("b" * 64, **base),
+        ove.blob_key(digest, **{**base, "dtype": torch.bfloat16}),
+        ove.blob_key(digest, **{**base, "shape": (1, 3, 64, 64)}),
+        ove.blob_key(digest, **{**base, "version": "2026.5.0"}),
+        ove.blob_key(digest, **{**base, "ov_device": "GPU"}),
+        ove.blob_key(digest, **{**base, "device_name": "Intel Xeon"}),
+    ]
+    assert len({key, *variants}) == len(variants) + 1
+    assert ove.blob_key(digest, **base) == key  # deterministic
+
+
+def test_compile_config_always_names_the_precision():
+    # The CPU plugin would run fp32 models in bf16 on CPUs with AVX512_BF16 if the hint were missing.
+    assert ove.compile_config("CPU", torch.float32, 2) == {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2}
+    assert ove.compile_config("GPU", torch.float16, 2) == {"INFERENCE_PRECISION_HINT": "f16", "PERFORMANCE_HINT": "LATENCY"}
+    with pytest.raises(UsageError):
+        ove.compile_config("CPU", torch.float64, None)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_device_names():
+    assert [ove.openvino_device(t) for t in ("auto", "cpu", "CPU", "gpu", "GPU.1", "npu")] == ["CPU", "CPU", "CPU", "GPU", "GPU.1", "NPU"]
+    assert [ove.is_openvino_only_device(t) for t in ("GPU", "gpu.0", "NPU", "cpu", "CPU", "auto", "cuda")] == [True] * 3 + [False] * 4
+    for bad in ("cuda", "cuda:0", "tpu", "GPU.x"):
+        with pytest.raises(UsageError, match="not an OpenVINO device"):
+            ove.openvino_device(bad)
+
+
+def test_device_and_backend_resolution():
+    from vsr.runtime import resolve_backend
+
+    assert resolve_backend("openvino", "auto") == ("openvino", torch.device("cpu"), "CPU")
+    assert resolve_backend("auto", "GPU.1") == ("openvino", torch.device("cpu"), "GPU.1")
+    with pytest.raises(UsageError, match="OpenVINO device"):
+        resolve_backend("torch", "NPU")
+    with pytest.raises(UsageError, match="not cuda"):
+        resolve_backend("openvino", "cuda")
+
+
+def test_a_device_openvino_does_not_see_is_exit_69():
+    # This machine has no Intel GPU/NPU: the GPU path can only be checked up to here.
+    available = openvino.Core().available_devices
+    missing = next(d for d in ("NPU", "GPU") if d not in available)
+    with pytest.raises(BackendUnavailable, match=f"no {missing} device") as err:
+        OpenVinoEngine(tiny_srvgg(), device=missing)
+    assert err.value.exit_code == 69
+
+
+# --------------------------------------------------------------------------- shapes, tiling, memory
+
+
+def test_fixed_shape_engine_limits_and_tiling():
+    model = tiny_rrdb(seed=5)
+    engine = OpenVinoEngine(model, shape=(2, 3, 32, 32))
+    assert engine.fixed_shape == (2, 3, 32, 32) and engine_limits(engine) == (2, 32, 32)
+    x = photos(48, 64)  # larger than the fixed tile: the Upscaler tiles it to 32x32
+    up = Upscaler(engine, tile=0, overlap=8, batch=4)
+    assert up.batch == 2
+    out = up(x)
+    assert out.shape == (2, 3, 192, 256)
+    assert psnr(quantize(out, 8), reference(model, x)) >= 45  # tile seams blended, interior exact
+    with pytest.raises(ValueError, match="built for 32x32 tiles"):
+        engine(photos(32, 40))
+    small = photos(24, 16)  # a frame smaller than the tile: padded inside the engine, cropped
+    assert engine(small).shape == (2, 3, 96, 64)
+    with pytest.raises(UsageError, match="does not fit"):
+        OpenVinoEngine(model, shape=(1, 4, 32, 32))  # 4 channels into a 3-channel network
+
+
+def test_out_of_memory_retries_with_smaller_tiles():
+    model = tiny_srvgg(seed=6)
+    engine = LimitedMemoryEngine(OpenVinoEngine(model), max_pixels=2 * 40 * 40)
+    x = photos(64, 80)
+    out = Upscaler(engine, overlap=8, batch=2)(x)
+    assert max(h * w for _, _, h, w in engine.calls[-1:]) <= 40 * 40
+    assert psnr(quantize(out, 8), reference(model, x)) >= 45
+
+
+def test_allocation_failures_are_recognised():
+    assert ove.is_out_of_memory("Exception from src/plugins/intel_cpu: std::bad_alloc")
+    assert ove.is_out_of_memory("[GPU] out of GPU resources: Failed to allocate 2 GB")
+    assert not ove.is_out_of_memory("Shape inference failed: incompatible dimensions")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ov_model") / "tiny_x4.pth"
+    torch.save({"params_ema": tiny_srvgg(seed=7).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return media.make_clip(tmp_path_factory.mktemp("ov_clip") / "c.mp4", frames=6, audio="aac", size=(48, 32))
+
+
+def test_vsr_run_with_openvino_agrees_with_torch(tmp_path, capsys, tiny_file, clip):
+    outs = {}
+    for backend in ("torch", "openvino"):
+        outs[backend] = tmp_path / f"{backend}.mkv"
+        code, err = run(capsys, "run", clip, outs[backend], "--model", tiny_file, "--backend", backend, "--progress", "none",
+                        "--encoder-opt", "qp=0", "-v")
+        assert code == 0, err
+    assert "openvino CPU, fp32" in err
+    a, b = media.decode_frames(outs["torch"]), media.decode_frames(outs["openvino"])
+    assert len(a) == len(b) == 6
+    for fa, fb in zip(a, b, strict=True):
+        assert psnr(media.planes(fa)[0], media.planes(fb)[0]) >= 50
+
+
+def test_vsr_batch_with_openvino(tmp_path, capsys, tiny_file, clip):
+    code, err = run(capsys, "batch", clip, "--output-dir", tmp_path / "out", "--model", tiny_file, "--backend", "openvino",
+                    "--device", "cpu", "--progress", "none", "-v")
+    assert code == 0, err
+    assert "openvino CPU, fp32" in err  # UpscalerSpec carried the backend into the worker
+    assert len(media.decode_frames(tmp_path / "out" / "c.mp4")) == 6
+
+
+def test_missing_openvino_is_exit_69_naming_the_install(tmp_path, capsys, tiny_file, clip, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
+    code, err = run(capsys, "run", clip, tmp_path / "o.mp4", "--model", tiny_file, "--backend", "openvino", "--progress", "none")
+    assert code == 69
+    assert 'pip install "vsr[openvino]"' in one_line_error(err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_openvino_refuses_engine_files_and_cuda(tmp_path, capsys, tiny_file, clip):
+    code, err = run(capsys, "run", clip, tmp_path / "o.mp4", "--model", tiny_file, "--backend", "openvino", "--engine", tmp_path / "x.onnx")
+    assert code == 2 and "--engine is for" in one_line_error(err)
+    code, err = run(capsys, "run", clip, tmp_path / "o.mp4", "--model", tiny_file, "--backend", "torch", "--device", "NPU")
+    assert code == 2 and "OpenVINO device" in one_line_error(err)
+
+
+# --------------------------------------------------------------------------- CPU choices (issue 13)
+
+
+def test_cpu_batch_rule():
+    # Measured: batches pay off below about 8k LR pixels per call, cost more above (BENCHMARKS.md).
+    assert [cpu_batch(h, w) for h, w in ((32, 48), (48, 64), (64, 96), (144, 176), (1080, 1920))] == [4, 2, 1, 1, 1]
+    assert cpu_batch(32, 48, most=2) == 2 and cpu_batch(8, 8, most=3) == 3
+
+
+def test_auto_batch_sizes_engine_calls_by_frame_size(caplog):
+    from vsr.engines import TorchEngine
+
+    inner = TorchEngine(tiny_srvgg(seed=8), device="cpu")
+    engine = LimitedMemoryEngine(inner, max_pixels=10**9)  # records the shape of every call
+    up = Upscaler(engine, batch=None)
+    assert up.batch == 4 and up.auto_batch  # frames are still grouped by 4 for the pipeline
+    with caplog.at_level(logging.INFO, logger="vsr.upscale"):
+        up(torch.rand(4, 3, 32, 48))
+        up(torch.rand(4, 3, 96, 128))
+    assert [c[0] for c in engine.calls] == [4, 1, 1, 1, 1]
+    assert "batch 4 per call for 48x32" in caplog.text and "batch 1 per call for 128x96" in caplog.text
+    fixed = LimitedMemoryEngine(inner, max_pixels=10**9)
+    Upscaler(fixed, batch=3)(torch.rand(4, 3, 96, 128))  # --batch given: used as is
+    assert [c[0] for c in fixed.calls] == [3, 1]
+
+
+def test_threads_flag_sets_the_network_threads(tmp_path, capsys, tiny_file, clip):
+    before = torch.get_num_threads()
+    try:
+        code, err = run(capsys, "run", clip, tmp_path / "o.mp4", "--model", tiny_file, "--backend", "openvino", "--threads", "1",
+                        "--progress", "none", "-v")
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+        assert "1 CPU thread(s) for the network" in err and "openvino CPU, fp32, 1 threads" in err
+    finally:
+        torch.set_num_threads(before)
+    code, err = run(capsys, "run", clip, tmp_path / "p.mp4", "--model", tiny_file, "--threads", "0")
+    assert code == 2
+
+
+def test_auto_backend_on_the_cpu(monkeypatch):
+    from vsr.engines.backends import choose_cpu_backend
+    from vsr.runtime import resolve_backend
+
+    assert choose_cpu_backend(openvino_available=True) == "openvino"
+    assert choose_cpu_backend(openvino_available=False) == "torch"
+    assert resolve_backend("auto", "cpu") == ("openvino", torch.device("cpu"), "CPU")  # installed here
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "openvino" else object())
+    assert resolve_backend("auto", "cpu")[0] == "torch"
+
+
+def test_upscaled_output_is_float32_on_the_cpu():
+    engine = OpenVinoEngine(tiny_srvgg(seed=9))
+    y = engine(photos(16, 24).double())
+    assert y.dtype == torch.float32 and y.device.type == "cpu" and y.is_contiguous()
+    assert np.isfinite(y.numpy()).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesr-animevideov3"])
+def test_real_weights_match_torch_fp32(name):
+    # The pretrained networks themselves (RRDBNet and SRVGGNetCompact) on a real photograph.
+    from vsr import models
+
+    model = models.load(name)
+    x = photos(32, 32)[:1]
+    engine = OpenVinoEngine(model)
+    db = psnr(quantize(engine(x), 8), reference(model, x))
+    print(f"openvino fp32 {name}: {db:.2f} dB")
+    assert db >= 60

@@ -54,13 +54,16 @@ def test_gan_stage_takes_esrgan_weights_unless_set(tmp_path):
     assert (cfg.loss.pixel, cfg.loss.perceptual, cfg.loss.gan) == (1e-2, 1.0, 0.1)
 
 
-@pytest.mark.parametrize("name", ["train_psnr.toml", "train_gan.toml", "finetune_x4plus.toml"])
+@pytest.mark.parametrize("name", ["train_psnr.toml", "train_gan.toml", "finetune_x4plus.toml", "train_cpu.toml"])
 def test_examples_load(name):
     cfg = load_config(EXAMPLES / name)
-    assert cfg.data.train == ("data/hr",)
-    assert cfg.data.val == "data/val"
+    paths = {"finetune_x4plus.toml": (("data/footage",), "data/demo/val"), "train_cpu.toml": (("data/demo/hr",), "data/demo/val")}
+    assert (cfg.data.train, cfg.data.val) == paths.get(name, (("data/hr",), "data/val"))
     assert cfg.data.patch_size % cfg.model.scale == 0
-    if name == "train_psnr.toml":
+    if name == "train_cpu.toml":  # the from-scratch CPU recipe: compact network, L1, EMA with warm-up
+        assert (cfg.model.arch, cfg.model.pretrained, cfg.train.stage, cfg.loss.gan) == ("srvgg", "", "psnr", 0)
+        assert cfg.train.ema > 0 and cfg.train.ema_warmup and cfg.checkpoint.dir == "runs/train_cpu"
+    elif name == "train_psnr.toml":
         assert cfg.train.stage == "psnr" and cfg.loss.gan == 0
     else:
         assert cfg.train.stage == "gan" and cfg.loss.perceptual > 0 and cfg.loss.vgg_weights.startswith("data/")

@@ -33,7 +33,7 @@ from vsr.train.degrade import (
 )
 from vsr.train.discriminator import PatchDiscriminator, VGGStyleDiscriminator
 from vsr.train.export import export_run
-from vsr.train.loop import build_generator, train
+from vsr.train.loop import EMA, build_generator, train
 from vsr.train.losses import VGG19_LAYERS, VGG19Features, load_vgg19, ragan_d_loss, ragan_g_loss
 from vsr.train.metrics import evaluate, psnr_y, ssim_y
 
@@ -74,7 +74,7 @@ def tiny(tmp: Path, photos: Path, *extra: str):
 def psnr_run(tmp_path_factory, photos) -> Path:
     """A short PSNR-stage run with validation (shared by the tests that need a trained model)."""
     run_dir = tmp_path_factory.mktemp("psnr_run")
-    cfg = tiny(run_dir, photos, "train.steps=30", "train.lr=2e-3", "train.ema=0.9", f"data.val='{photos / 'val'}'",
+    cfg = tiny(run_dir, photos, "train.steps=30", "train.lr=2e-3", "train.ema=0.9", "train.ema_warmup=false", f"data.val='{photos / 'val'}'",
                "val.every=15", "checkpoint.every=15", "train.log_every=5")
     summary = train(cfg, progress="none")
     assert summary.step == 30 and summary.checkpoint == run_dir / "step_000030.pt"
@@ -250,6 +250,23 @@ def test_video_frames_as_training_source(tmp_path, photos):
     lr_patch, hr_patch = ds[index]
     assert lr_patch.shape == (3, 8, 8) and hr_patch.shape == (3, 32, 32)
 
+    # A folder of footage: its videos (and images) are used, other files skipped with a warning.
+    footage = tmp_path / "footage"
+    footage.mkdir()
+    (footage / "notes.txt").write_text("shot list: chelsea, slow pan\n")
+    with pytest.raises(InputError) as exc:
+        collect_sources(tiny(tmp_path / "run", photos, f"data.train=['{footage}']").data, 4)
+    assert "no images" in str(exc.value) and "no videos" in str(exc.value)
+    (footage / "clip.mp4").write_bytes(clip.read_bytes())
+    cfg = tiny(tmp_path / "run", photos, f"data.train=['{footage}']", "data.frames_per_video=3")
+    sources, from_folder = collect_sources(cfg.data, 4)
+    assert [s.name for s in sources] == [f"{(footage / 'clip.mp4').as_posix()}#{k}" for k in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(from_folder, frames, strict=True))
+
+    # A video as data.val: validation on frames spread across it (all 8 of this short clip).
+    summary = train(tiny(tmp_path / "run", photos, "train.steps=1", "checkpoint.every=1", f"data.val='{clip}'"), progress="none")
+    assert summary.val["images"] == 8 and summary.val["bicubic_psnr"] > 20
+
 
 def test_batches_depend_on_seed_and_step_not_on_workers(tmp_path, photos):
     cfg = tiny(tmp_path, photos, "data.degradation=realesrgan")
@@ -346,11 +363,33 @@ def test_psnr_stage_lowers_heldout_l1(psnr_run, photos):
     train_recs, val = records(psnr_run, "train"), records(psnr_run, "val")
     assert [r["step"] for r in train_recs] == list(range(5, 31, 5))
     assert train_recs[-1]["l_pix"] < train_recs[0]["l_pix"]
-    assert [r["step"] for r in val] == [15, 30] and val[-1]["psnr"] > val[0]["psnr"]
-    assert {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images"} <= set(val[0])
+    assert [r["step"] for r in val] == [0, 15, 30] and val[-1]["psnr"] > val[0]["psnr"]  # step 0: the random start
+    assert {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images", "psnr_raw", "ssim_raw"} <= set(val[0])
+    assert val[-1]["psnr_raw"] != val[-1]["psnr"]  # the EMA (what export writes) and the raw generator, both measured
     saved = json.loads((psnr_run / "config.json").read_text())
     assert saved["model"]["num_feat"] == 8 and saved["train"]["steps"] == 30
     assert sorted(p.name for p in psnr_run.glob("step_*.pt")) == ["step_000015.pt", "step_000030.pt"]
+
+
+def test_ema_is_one_fused_update_with_warmup(monkeypatch):
+    torch.manual_seed(0)
+    model = build_generator(load_config(None, SEED_ARGS))
+    ema = EMA(model, 0.999, warmup=True)
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(100) == pytest.approx(101 / 110)
+    assert ema.decay_at(20_000) == 0.999 and EMA(model, 0.999).decay_at(1) == 0.999
+    before = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    calls = []
+    real_lerp = torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *a: calls.append(len(a[0])) or real_lerp(*a))
+    ema.update(model, 100)
+    assert calls == [len(before)]  # every parameter in one fused call
+    d = 101 / 110
+    for old, new, avg in zip(before, model.parameters(), ema.module.parameters(), strict=True):
+        assert torch.allclose(avg, d * old + (1 - d) * new.detach(), atol=1e-6)
+    assert not any(p.requires_grad for p in ema.module.parameters())
 
 
 def test_plot_or_log_line(tmp_path, photos, caplog):
@@ -467,6 +506,29 @@ def test_examples_run_as_is(tmp_path, photos, vgg_file, monkeypatch):
     assert gan.checkpoint == Path("runs/gan/step_000002.pt") and gan.losses["l_gan"] > 0
 
 
+def test_finetune_example_runs_on_a_footage_folder(tmp_path, vgg_file, monkeypatch):
+    """examples/finetune_x4plus.toml as its comments say: a data/footage folder holding a video,
+    the demo's held-out photos in data/demo/val, Real-ESRGAN x4plus to start from; cut to one step."""
+    import shutil
+
+    import media
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    (tmp_path / "data" / "footage").mkdir(parents=True)
+    media.make_clip(tmp_path / "data" / "footage" / "episode1.mp4", size=(96, 64), frames=6, photo="chelsea")
+    write_image(tmp_path / "data" / "demo" / "val" / "rocket.png", photo("rocket")[192:256, 256:320])
+    shutil.copy(vgg_file, tmp_path / "data" / "vgg19-dcbb9e9d.pth")  # a truncated stand-in: layers up to conv3_4
+    monkeypatch.chdir(tmp_path)
+    short = ["train.steps=1", "checkpoint.every=1", "data.patch_size=32", "data.batch_size=1", "data.workers=0",
+             "data.frames_per_video=2", "loss.vgg_layers=['conv2_2', 'conv3_4']", "loss.vgg_layer_weights=[0.1, 1.0]"]
+    summary = train(load_config(examples / "finetune_x4plus.toml", short), progress="none")
+    assert summary.step == 1 and summary.losses["l_gan"] > 0 and summary.losses["l_percep"] > 0
+    assert summary.val["images"] == 1 and {"psnr", "psnr_raw"} <= summary.val.keys()
+    out = export_run("runs/finetune", tmp_path / "x4plus_finetuned.pth")
+    assert list(torch.load(out, weights_only=True)) == ["params_ema"]
+    assert models.load(str(out)).spec == models.load("realesrgan-x4plus").spec
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -535,3 +597,19 @@ def test_evaluate_reports_model_and_bicubic(tmp_path, psnr_run, photos):
     write_image(tmp_path / "lr" / "rocket.png", (bicubic_downsample(hr, 4).permute(1, 2, 0) * 255).round().byte().numpy())
     paired = evaluate(model, photos / "val", tmp_path / "lr", device="cpu")
     assert paired.rows[0]["psnr"] == pytest.approx(row["psnr"]) and paired.rows[0]["bicubic_ssim"] == pytest.approx(row["bicubic_ssim"])
+    # One image file gives its row; a video gives rows for frames spread across it, as decoded.
+    assert evaluate(model, photos / "val" / "rocket.png", device="cpu").rows == result.rows
+    import media
+
+    clip = media.make_clip(tmp_path / "clip.mp4", size=(96, 64), frames=6, photo="rocket", options={"crf": "12"})
+    video = evaluate(model, clip, device="cpu", frames=3)
+    assert [r["name"] for r in video.rows] == ["clip.mp4#0", "clip.mp4#1", "clip.mp4#2"]
+    frames = sample_video_frames(clip, 3)  # frames 1, 3, 5, decoded as vsr run decodes them
+    decoded = [f.to_ndarray(format="rgb24") for f in media.decode_frames(clip)]  # PyAV's own conversion
+    assert psnr_y(frames[0], decoded[1]) > 35 and psnr_y(frames[0], decoded[3]) < psnr_y(frames[0], decoded[1]) - 3
+    for k, frame in enumerate(frames):
+        write_image(tmp_path / "frames" / f"clip.mp4#{k}.png", frame)
+    as_images = evaluate(model, tmp_path / "frames", device="cpu").rows
+    assert [{**r, "name": r["name"][:-4]} for r in as_images] == video.rows
+    with pytest.raises(InputMissing):
+        evaluate(model, tmp_path / "nothing.mp4", device="cpu")

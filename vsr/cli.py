@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "eval",
         parents=[common],
-        help="PSNR/SSIM (Y channel) of a model on a folder of HR images",
+        help="PSNR/SSIM (Y channel) of a model on HR images or video frames",
         description="PSNR and SSIM on the Y channel (BT.601, as MATLAB), border crop = scale, against the bicubic baseline.",
     )
-    evaluate.add_argument("hr_dir", type=Path, help="folder of high-resolution images")
+    evaluate.add_argument("hr_dir", type=Path, help="high-resolution pictures: a folder, one image, or a video (24 frames spread across it)")
     evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"named model, checkpoint or run folder (default {DEFAULT_MODEL})")
     evaluate.add_argument("--lr-dir", type=Path, help="matching low-resolution images (default: bicubic downscale of the HR ones)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

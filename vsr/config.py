@@ -62,7 +62,7 @@ class DataConfig:
 
     train: tuple[str, ...] = ()  # HR image folders and/or video files
     train_lr: str = ""  # paired LR folder: same file names, HR size = LR size * scale
-    val: str = ""  # HR folder
+    val: str = ""  # HR pictures: a folder, one image, or a video (frames spread across it)
     val_lr: str = ""  # paired LR folder for val; "" makes LR by bicubic downscaling
     patch_size: int = field(default=128, metadata=_at_least(8))  # HR side of a training crop
     batch_size: int = field(default=16, metadata=_at_least(1))  # per process
@@ -87,6 +87,10 @@ class TrainConfig:
     cosine_period: int = field(default=0, metadata=_at_least(0))  # cosine: restart period; 0 = the whole run
     eta_min: float = field(default=1e-7, metadata=_at_least(0))  # cosine: lowest lr
     ema: float = field(default=0.999, metadata=_at_least(0))  # EMA decay of the generator; 0 disables
+    # EMA warm-up: the decay after step n is min(ema, (1 + n) / (10 + n)), so the average covers
+    # about the last tenth of the steps until that reaches train.ema (n ~ 9,000 for 0.999) instead
+    # of holding the starting weights for thousands of steps; false: train.ema from the first step.
+    ema_warmup: bool = True
     seed: int = field(default=0, metadata=_at_least(0))
     device: str = "auto"  # auto, cpu, cuda, cuda:N (torchrun picks cuda:LOCAL_RANK)
     precision: str = field(default="fp32", metadata=_choices("fp32", "bf16", "fp16"))

@@ -179,13 +179,25 @@ class Source:
 
 
 def collect_sources(data: DataConfig, scale: int) -> tuple[list[Source], list[np.ndarray]]:
-    """Resolve ``data.train`` (and ``data.train_lr``) into sources; video frames are decoded here."""
+    """Resolve ``data.train`` (and ``data.train_lr``) into sources; video frames are decoded here.
+
+    An entry is an image, a video file, or a folder: every image in it (recursively) and
+    ``data.frames_per_video`` frames of every video in it; other files there (subtitles, notes)
+    are skipped with a log line."""
     if not data.train:
         from ..errors import ConfigError
 
         raise ConfigError("data.train is empty; list HR image folders and/or video files, e.g. train = [\"data/hr\"]")
     sources: list[Source] = []
     frames: list[np.ndarray] = []
+
+    def add_video(path: Path) -> None:
+        before = len(sources)
+        for k, pixels in enumerate(sample_video_frames(path, data.frames_per_video)):
+            sources.append(Source(f"{path.as_posix()}#{k}", path, frame=len(frames)))
+            frames.append(pixels)
+        log.info("video %s: %d frames sampled for training", path, len(sources) - before)
+
     for entry in data.train:
         path = Path(entry).expanduser()
         if not path.exists():
@@ -194,11 +206,20 @@ def collect_sources(data: DataConfig, scale: int) -> tuple[list[Source], list[np
             if data.train_lr:
                 for hr, lr in pair_folders(path, data.train_lr, scale, what="data.train"):
                     sources.append(Source(hr.as_posix(), hr, lr))
-            else:
-                images = list_images(path, what="data.train folder")
-                if not images:
-                    raise InputError(f"data.train folder {path} holds no images ({', '.join(sorted(IMAGE_FORMATS))})")
-                sources += [Source(p.as_posix(), p) for p in images]
+                continue
+            files = sorted((p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                           key=lambda p: p.relative_to(path).as_posix())
+            found = len(sources)
+            for file in files:
+                if is_image(file):
+                    sources.append(Source(file.as_posix(), file))
+                    continue
+                try:
+                    add_video(file)
+                except InputError as err:  # a subtitle file, a text note: not training material
+                    log.warning("data.train folder %s: skipping %s (%s)", path, file.name, err)
+            if len(sources) == found:
+                raise InputError(f"data.train folder {path} holds no images ({', '.join(sorted(IMAGE_FORMATS))}) and no videos")
         elif is_image(path):
             if data.train_lr:
                 raise InputError(f"data.train entry {path} is a single image; with data.train_lr, list HR folders")
@@ -206,10 +227,7 @@ def collect_sources(data: DataConfig, scale: int) -> tuple[list[Source], list[np
         else:
             if data.train_lr:
                 raise InputError(f"data.train entry {path} is a video; data.train_lr pairs folders only, remove it or train_lr")
-            for k, pixels in enumerate(sample_video_frames(path, data.frames_per_video)):
-                sources.append(Source(f"{path.as_posix()}#{k}", path, frame=len(frames)))
-                frames.append(pixels)
-            log.info("video %s: %d frames sampled for training", path, sum(1 for s in sources if s.path == path))
+            add_video(path)
     return sources, frames
 
 

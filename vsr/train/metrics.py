@@ -142,6 +142,32 @@ def _quantize_hwc(t: torch.Tensor) -> np.ndarray:
     return t[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+VIDEO_FRAMES = 24  # frames taken evenly across a video handed to evaluate
+
+
+def _pictures(hr: Path, lr_dir: str | Path | None, scale: int, frames: int) -> list[tuple[str, Callable[[], torch.Tensor], Path | None]]:
+    """What ``evaluate`` measures: (name, HR loader, LR partner) for a folder, one image, or a video."""
+    from ..errors import InputError, UsageError
+    from .data import is_image, list_images, pair_folders, read_rgb, sample_video_frames, to_float_rgb, to_tensor
+
+    def image(path: Path) -> Callable[[], torch.Tensor]:
+        return lambda: to_tensor(read_rgb(path))[None]
+
+    if hr.is_file():
+        if lr_dir is not None:
+            raise UsageError(f"--lr-dir pairs two folders, but {hr} is a file; leave --lr-dir out (LR is made by bicubic downscaling)")
+        if is_image(hr):
+            return [(hr.name, image(hr), None)]
+        decoded = sample_video_frames(hr, frames)  # a video: real decoded frames, converted with the stream's matrix
+        return [(f"{hr.name}#{k}", lambda a=a: to_tensor(to_float_rgb(a))[None], None) for k, a in enumerate(decoded)]
+    if lr_dir is not None:
+        return [(h.relative_to(hr).as_posix(), image(h), lr) for h, lr in pair_folders(hr, lr_dir, scale, what="eval")]
+    found = [(p.relative_to(hr).as_posix(), image(p), None) for p in list_images(hr, what="HR folder")]
+    if not found:
+        raise InputError(f"HR folder {hr} holds no images to evaluate (png, jpg, webp, tif)")
+    return found
+
+
 def evaluate(
     model: nn.Module | str,
     hr_dir: str | Path,
@@ -153,9 +179,12 @@ def evaluate(
     tile: int = 0,
     progress: Any = None,
     upscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frames: int = VIDEO_FRAMES,
 ) -> EvalResult:
     """PSNR/SSIM (Y, border = scale) of ``model`` on the pictures in ``hr_dir``, with the bicubic baseline.
 
+    ``hr_dir`` is a folder of HR pictures, one image file, or a video file (``frames`` frames
+    spread evenly across it, decoded and converted to RGB as ``vsr run`` does, are the HR pictures).
     LR inputs come from ``lr_dir`` (same names, HR = LR * scale) or, without it, from antialiased
     bicubic downscaling of the HR picture (cropped to a multiple of the scale) rounded to 8 bits.
     The model output is rounded to 8 bits before measuring, as a saved picture would be. ``model`` is
@@ -163,8 +192,8 @@ def evaluate(
     :class:`vsr.progress.Progress` (start/update/close), counted in pictures.
     """
     from ..errors import InputError, UsageError
-    from .data import list_images, pair_folders, read_rgb, to_tensor
     from .degrade import bicubic_downsample, bicubic_upsample
+    from .data import read_rgb, to_tensor
 
     name = model if isinstance(model, str) else getattr(getattr(model, "spec", None), "describe", lambda: type(model).__name__)()
     if isinstance(model, str):
@@ -176,12 +205,11 @@ def evaluate(
         raise UsageError(f"--scale {scale} does not match the model, which upscales x{spec.scale}; leave --scale out")
     scale = spec.scale
     hr_dir = Path(hr_dir).expanduser()
-    if lr_dir is not None:
-        pairs: list[tuple[Path, Path | None]] = list(pair_folders(hr_dir, lr_dir, scale, what="eval"))
-    else:
-        pairs = [(p, None) for p in list_images(hr_dir, what="HR folder")]
-    if not pairs:
-        raise InputError(f"HR folder {hr_dir} holds no images to evaluate (png, jpg, webp, tif)")
+    if not hr_dir.exists():
+        from ..errors import InputMissing
+
+        raise InputMissing(f"{hr_dir} does not exist; give a folder of HR pictures, an image or a video")
+    pictures = _pictures(hr_dir, lr_dir, scale, frames)
 
     if upscale is None:
         from ..device import resolve_device, resolve_dtype
@@ -194,10 +222,10 @@ def evaluate(
         upscale = runner
     rows = []
     if progress is not None:
-        progress.start(len(pairs))
+        progress.start(len(pictures))
     try:
-        for done, (hr_path, lr_path) in enumerate(pairs, 1):
-            hr = to_tensor(read_rgb(hr_path))[None]
+        for done, (label, load_hr, lr_path) in enumerate(pictures, 1):
+            hr = load_hr()
             if lr_path is not None:
                 lr = to_tensor(read_rgb(lr_path))[None]
             else:
@@ -206,12 +234,13 @@ def evaluate(
                 lr = bicubic_downsample(hr, scale)
             if min(lr.shape[-2:]) * scale - 2 * scale < SSIM_WINDOW:
                 need = SSIM_WINDOW + 2 * scale
-                raise InputError(f"{hr_path} is too small to evaluate at x{scale}: it needs at least {need}x{need} pixels")
+                where = hr_dir / label if hr_dir.is_dir() else hr_dir
+                raise InputError(f"{where} is too small to evaluate at x{scale}: it needs at least {need}x{need} pixels")
             with torch.inference_mode():
                 sr = upscale(lr).float().cpu()
             sr8, bic8 = _quantize_hwc(sr), _quantize_hwc(bicubic_upsample(lr, scale))
             rows.append({
-                "name": hr_path.relative_to(hr_dir).as_posix(),
+                "name": label,
                 "width": int(hr.shape[-1]),
                 "height": int(hr.shape[-2]),
                 "psnr": psnr_y(sr8, hr, crop=scale),

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import io
 import logging
 import re
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -170,24 +172,29 @@ class OpenVinoEngine:
         shape: tuple[int, ...] | None = None,
         cache_root: Path | None = None,
     ):
-        ov = import_openvino()
-        self._ov = ov
-        self.ov_device = openvino_device(device)
-        core = ov.Core()
-        _check_available(self.ov_device, _plugin_devices(core, self.ov_device))
-        dtype = _supported(core, self.ov_device, dtype)
-        self.fixed_shape = check_shape(shape, model)
-        self.input_shape: tuple[int | None, ...] = self.fixed_shape or (None, model.spec.in_channels, None, None)
-        self.spec = model.spec
-        self.device = torch.device("cpu")  # inputs and outputs live in host memory
-        self.dtype = torch.float32
-        self.compute_dtype = dtype
-        self.threads = threads or (torch.get_num_threads() if self.ov_device == "CPU" else None)
-        self.name = f"OpenVINO model of {self.spec.describe()}"
-        self.path = cached_model(model, core=core, ov_device=self.ov_device, dtype=dtype, shape=self.fixed_shape, root=cache_root)
-        self._compiled = core.import_model(self.path.read_bytes(), self.ov_device, compile_config(self.ov_device, dtype, self.threads))
-        self._request = self._compiled.create_infer_request()
-        self._lock = threading.Lock()
+        # compile_model installs an alternate signal stack of its own on the calling thread
+        # (11568 bytes, measured) and leaves it registered. Left there, the test suite's process
+        # segfaulted a few tests later (in malloc, and at syscall returns: a signal frame that
+        # could not be written; exit 139); with the thread's own stack restored it did not.
+        with kept_sigaltstack():
+            ov = import_openvino()
+            self._ov = ov
+            self.ov_device = openvino_device(device)
+            core = ov.Core()
+            _check_available(self.ov_device, _plugin_devices(core, self.ov_device))
+            dtype = _supported(core, self.ov_device, dtype)
+            self.fixed_shape = check_shape(shape, model)
+            self.input_shape: tuple[int | None, ...] = self.fixed_shape or (None, model.spec.in_channels, None, None)
+            self.spec = model.spec
+            self.device = torch.device("cpu")  # inputs and outputs live in host memory
+            self.dtype = torch.float32
+            self.compute_dtype = dtype
+            self.threads = threads or (torch.get_num_threads() if self.ov_device == "CPU" else None)
+            self.name = f"OpenVINO model of {self.spec.describe()}"
+            self.path = cached_model(model, core=core, ov_device=self.ov_device, dtype=dtype, shape=self.fixed_shape, root=cache_root)
+            self._compiled = core.import_model(self.path.read_bytes(), self.ov_device, compile_config(self.ov_device, dtype, self.threads))
+            self._request = self._compiled.create_infer_request()
+            self._lock = threading.Lock()
         log.info("%s", self.describe())
 
     def describe(self) -> str:
@@ -233,6 +240,40 @@ class OpenVinoEngine:
                     raise torch.OutOfMemoryError(f"OpenVINO on {self.ov_device} is out of memory ({first})") from err
                 raise
         return y
+
+
+@contextlib.contextmanager
+def kept_sigaltstack():
+    """Restore the calling thread's alternate signal stack (``sigaltstack``) on the way out, so what
+    OpenVINO registers there while compiling does not outlive the call. Linux/glibc only; elsewhere
+    a no-op."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _Stack()
+    if libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        now = _Stack()
+        libc.sigaltstack(None, ctypes.byref(now))
+        if (now.ss_sp, now.ss_flags, now.ss_size) != (before.ss_sp, before.ss_flags, before.ss_size):
+            log.debug("OpenVINO changed the thread's alternate signal stack; restoring it")
+            if before.ss_flags & _SS_DISABLE:
+                before.ss_sp, before.ss_size = None, 0
+            libc.sigaltstack(ctypes.byref(before), None)
+
+
+class _Stack(ctypes.Structure):
+    """glibc's ``stack_t``."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_SS_DISABLE = 2
 
 
 def cached_model(model: nn.Module, *, core, ov_device: str, dtype: torch.dtype, shape: tuple[int, ...] | None, root: Path | None = None) -> Path:

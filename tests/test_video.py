@@ -53,7 +53,9 @@ def model_file(tmp_path_factory) -> Path:
 
 
 def upscale(args, capsys, model_file, *extra):
-    code, err = run(capsys, "run", *args, "--model", model_file, "--progress", "none", *extra)
+    # fp32: the pixel references run the network in fp32 (`auto` is bf16 on CPUs with AVX512_BF16).
+    precision = () if "--precision" in extra else ("--precision", "fp32")
+    code, err = run(capsys, "run", *args, "--model", model_file, "--progress", "none", *precision, *extra)
     return code, err
 
 

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="realesrgan-x4plus")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                        help="as vsr run --precision (default auto: bf16 on CPUs with AVX512_BF16/AMX, else fp32)")
     parser.add_argument("--batch", type=int, help="as vsr run --batch (default: vsr run's choice)")
     parser.add_argument("--threads", type=int, help="as vsr run --threads (default: all cores)")
     parser.add_argument("--tile", type=int, default=0)

@@ -124,12 +124,31 @@ def convert(model: nn.Module, shape: tuple[int, ...] | None = None):
     side = -(-max(64, spec.min_size) // spec.multiple_of) * spec.multiple_of
     example = torch.rand(1, spec.in_channels, side, side)
     net = copy.deepcopy(model).float().eval()
+    decline_telemetry()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow are expected
         converted = ov.convert_model(net, example_input=example)
     if shape is not None:
         converted.reshape(list(shape))
     return converted
+
+
+def decline_telemetry() -> None:
+    """Stop ``openvino.convert_model`` from reporting the conversion to Google Analytics.
+
+    Unless the user ran OpenVINO's ``opt_in_out --opt_out``, its converter sends each conversion
+    from a process it forks with ``multiprocessing``. vsr promises no network use; and forked from
+    a process with live threads, that child deadlocked in ``getaddrinfo`` here (the test suite then
+    hung at exit, waiting for it). The converter takes the process-wide telemetry singleton
+    configured under its own name; configured first here, with consent off, it sends nothing. Only
+    this process is affected: OpenVINO's consent file is left as the user set it.
+    """
+    try:
+        from openvino.tools.ovc.telemetry_utils import init_ovc_telemetry
+    except ImportError:  # no openvino_telemetry installed: the converter has no telemetry either
+        return
+    telemetry = init_ovc_telemetry()
+    telemetry.consent = False
 
 
 def _exported_bytes(compiled) -> bytes:

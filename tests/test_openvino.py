@@ -88,6 +88,17 @@ def test_engine_leaves_the_threads_signal_stack_as_it_was(tmp_path):
     engine.close()
 
 
+def test_conversion_sends_no_telemetry(tmp_path):
+    # openvino.convert_model reports to Google Analytics from a forked process unless the user opted
+    # out; such a child once deadlocked in getaddrinfo and hung this suite at exit.
+    import multiprocessing
+
+    tm = pytest.importorskip("openvino_telemetry")
+    OpenVinoEngine(tiny_srvgg(seed=13), cache_root=tmp_path).close()  # a fresh conversion
+    assert tm.Telemetry().consent is False
+    assert multiprocessing.active_children() == []
+
+
 def test_key_covers_weights_precision_shape_versions_and_device():
     base = dict(ov_device="CPU", device_name="AMD EPYC", dtype=torch.float32, shape=None, version="2026.4.1")
     digest = "a" * 64

@@ -191,8 +191,9 @@ class OpenVinoEngine:
         shape: tuple[int, ...] | None = None,
         cache_root: Path | None = None,
     ):
-        # compile_model installs an alternate signal stack of its own on the calling thread
-        # (11568 bytes, measured) and leaves it registered. Left there, the test suite's process
+        # OpenVINO installs an alternate signal stack of its own on the calling thread when a Core
+        # first reaches the CPU plugin (a property query, compile_model, import_model: 11568 bytes,
+        # measured) and leaves it registered; inference on another thread does not. Left there, the test suite's process
         # segfaulted a few tests later (in malloc, and at syscall returns: a signal frame that
         # could not be written; exit 139); with the thread's own stack restored it did not.
         with kept_sigaltstack():
@@ -264,7 +265,7 @@ class OpenVinoEngine:
 @contextlib.contextmanager
 def kept_sigaltstack():
     """Restore the calling thread's alternate signal stack (``sigaltstack``) on the way out, so what
-    OpenVINO registers there while compiling does not outlive the call. Linux/glibc only; elsewhere
+    OpenVINO registers there (when a Core reaches its CPU plugin) does not outlive the call. Linux/glibc only; elsewhere
     a no-op."""
     if not sys.platform.startswith("linux"):
         yield

@@ -57,7 +57,7 @@ def test_resolve_dtype_on_the_cpu():
     assert resolve_dtype("auto", torch.device("cpu"), backend="openvino") == native
     # onnxruntime takes fp32/fp16 exports only; OpenVINO's GPU/NPU devices are not the CPU.
     assert resolve_dtype("auto", torch.device("cpu"), backend="onnxruntime") == torch.float32
-    assert resolve_dtype("auto", torch.device("cpu"), backend="openvino GPU") == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu"), backend="openvino", ov_device="GPU") == torch.float32
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 

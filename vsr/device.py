@@ -92,13 +92,14 @@ def choose_precision(
     return next((name for name in ("fp16", "bf16") if works(PRECISIONS[name])), "fp32")
 
 
-def resolve_dtype(precision: str, device: torch.device | None = None, *, backend: str = "torch") -> torch.dtype:
+def resolve_dtype(precision: str, device: torch.device | None = None, *, backend: str = "torch", ov_device: str = "CPU") -> torch.dtype:
     """``auto``/``fp32``/``fp16``/``bf16`` to a torch dtype for ``backend`` on ``device`` (without
     one, the CPU); ``auto`` on the CPU is bf16 only for a backend in :data:`CPU_BF16_BACKENDS`
-    on a CPU with :func:`cpu_has_fast_bf16`. An ``auto`` choice of bf16 is logged. (OpenVINO on
-    its GPU/NPU devices is not the CPU: the caller passes another ``backend`` name for it.)"""
+    on a CPU with :func:`cpu_has_fast_bf16`, and not for OpenVINO's GPU/NPU devices
+    (``ov_device``; not run here, so fp32). An ``auto`` choice of bf16 is logged."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    cpu_bf16 = precision == "auto" and device.type == "cpu" and backend in CPU_BF16_BACKENDS and cpu_has_fast_bf16()
+    cpu_bf16 = (precision == "auto" and device.type == "cpu" and backend in CPU_BF16_BACKENDS and ov_device == "CPU"
+                and cpu_has_fast_bf16())
     name = choose_precision(precision, device.type, lambda dtype: precision_works(device, dtype), cpu_bf16=cpu_bf16)
     if cpu_bf16:
         log.info("--precision auto on the CPU: bf16 (the CPU multiplies bf16 in hardware; --precision fp32 for exact fp32)")

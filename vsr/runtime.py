@@ -96,10 +96,8 @@ def build_upscaler(
     chosen, torch_device, ov_device = resolve_backend(backend, device)
     if torch_device.type == "cpu":
         log.info("%d CPU thread(s) for the network (--threads; %d usable cores)", count, usable_cores())
-    # OpenVINO's GPU/NPU devices are not the CPU whose bf16 `auto` may pick (not run here: fp32).
-    on_cpu = chosen if ov_device == "CPU" else f"openvino {ov_device}"
     engine = create_engine(
-        chosen, model_ref=model, device=torch_device, dtype=resolve_dtype(precision, torch_device, backend=on_cpu),
+        chosen, model_ref=model, device=torch_device, dtype=resolve_dtype(precision, torch_device, backend=chosen, ov_device=ov_device),
         engine_path=Path(engine_path) if engine_path else None, batch=batch or DEFAULT_BATCH, tile=tile,
         compile=compile, cuda_graphs=cuda_graphs, openvino_device=ov_device, threads=count if chosen == "openvino" else None,
     )

@@ -4,7 +4,7 @@ A fixed-shape engine (an ONNX export with ``--tile H W --batch B``, an OpenVINO 
 for an NPU) takes exactly ``(B, C, H, W)``. The tiler plans tiles of that size, but it also sends
 any number of tiles and, for a frame smaller than the tile, smaller ones. :func:`run_fixed` makes
 both work: tiles run ``B`` at a time (the last group zero-padded, exact because batch items are
-independent), a smaller tile is padded bottom/right by reflection like :func:`vsr.upscale._pad`
+independent), a smaller tile is padded bottom/right (:func:`vsr.kernels.pad_bottom_right`, as the Upscaler pads frames)
 and the output cropped. Larger tiles are a ``ValueError``. Shared by every backend with fixed
 shapes, so they behave the same.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.nn import functional as F
 
+from ..kernels import pad_bottom_right
 from ..models.spec import ModelSpec
 
 
@@ -44,9 +44,7 @@ def run_fixed(x: torch.Tensor, shape: tuple[int | None, ...], scale: int, run: C
     fixed_h, fixed_w = shape[2], shape[3]
     pad_h = fixed_h - height if fixed_h is not None else 0
     pad_w = fixed_w - width if fixed_w is not None else 0
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    x = pad_bottom_right(x, pad_h, pad_w)
     group = shape[0] or n
     outs = []
     for start in range(0, n, group):

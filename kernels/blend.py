@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
+
+
+def pad_bottom_right(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """``x`` (..., H, W) grown by ``pad_h`` rows at the bottom and ``pad_w`` columns at the right:
+    mirrored (reflect) where the frame is larger than the pad, the edge repeated otherwise
+    (reflection cannot reach further than the frame)."""
+    if not (pad_h or pad_w):
+        return x
+    height, width = x.shape[-2:]
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def extract_tiles(frames: torch.Tensor, origins: list[tuple[int, int, int]], tile_h: int, tile_w: int) -> torch.Tensor:

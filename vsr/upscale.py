@@ -19,7 +19,7 @@ from . import tiling
 from .device import to_device_once
 from .engines import Engine, profiles
 from .errors import TransientError
-from .kernels import accumulate_tiles, extract_tiles
+from .kernels import accumulate_tiles, extract_tiles, pad_bottom_right
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +243,7 @@ def _pad(x: torch.Tensor, multiple_of: int, min_size: int) -> torch.Tensor:
     pad_h, pad_w = tiling.pad_to_multiple(max(height, min_size), max(width, min_size), multiple_of)
     pad_h += max(0, min_size - height)
     pad_w += max(0, min_size - width)
-    if not (pad_h or pad_w):
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return pad_bottom_right(x, pad_h, pad_w)
 
 
 def resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

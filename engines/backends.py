@@ -61,7 +61,8 @@ def create_engine(
     N x N tiles; ``tile`` 0 builds per input size on first use (:mod:`vsr.engines.trt_frames`), so
     video frames go through whole wherever the memory allows.
     ``tile`` also sets the static shape OpenVINO needs on an NPU. ``openvino_device`` is OpenVINO's
-    device name; ``threads`` its CPU inference threads (default: torch's thread count).
+    device name; ``threads`` the CPU inference threads of OpenVINO and onnxruntime (default:
+    torch's thread count for OpenVINO, onnxruntime's own default, all cores, for onnxruntime).
     """
     from .. import models
 
@@ -76,12 +77,14 @@ def create_engine(
     if backend == "onnxruntime":
         from .ort_engine import OrtEngine
 
+        ort_threads = threads if device.type == "cpu" else None
+
         if engine_path is not None:
-            engine = OrtEngine(engine_path, device=device)
+            engine = OrtEngine(engine_path, device=device, threads=ort_threads)
         else:
             if dtype == torch.bfloat16:
                 raise UsageError("onnxruntime runs fp32 or fp16 exports; use --precision fp32/fp16, or --backend torch for bf16")
-            engine = OrtEngine(cached_onnx(models.load(model_ref), fp16=dtype == torch.float16), device=device)
+            engine = OrtEngine(cached_onnx(models.load(model_ref), fp16=dtype == torch.float16), device=device, threads=ort_threads)
         _warn_precision(engine, dtype)
         return engine
     if backend == "tensorrt":

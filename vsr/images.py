@@ -119,15 +119,16 @@ def run_tasks(
     """Upscale every task. With ``keep_going`` an unreadable image is logged and skipped (the
     failures are returned); without it the error propagates."""
     failures = []
-    for task in tasks:
-        try:
-            pixels = read_image(task.source)
-            write_image(task.target, upscale_pixels(pixels, upscaler, outscale=outscale, alpha=alpha), overwrite=overwrite)
-        except (InputError, InputMissing) as err:
-            if not keep_going:
-                raise
-            log.error("%s", err)
-            failures.append((task, err))
-        if on_done is not None:
-            on_done(task)
+    with upscaler.glue_threads():
+        for task in tasks:
+            try:
+                pixels = read_image(task.source)
+                write_image(task.target, upscale_pixels(pixels, upscaler, outscale=outscale, alpha=alpha), overwrite=overwrite)
+            except (InputError, InputMissing) as err:
+                if not keep_going:
+                    raise
+                log.error("%s", err)
+                failures.append((task, err))
+            if on_done is not None:
+                on_done(task)
     return failures

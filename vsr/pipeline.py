@@ -292,7 +292,7 @@ def run_video(
                 raise UsageError(f"input {job.source} is interlaced and --decoder dali cannot deinterlace; use --decoder pyav, or --deinterlace off")
         if on_start is not None:
             on_start(replace(info, frames_hint=frame_count_hint(info, job.trim, plan)))
-        with publish(job.target, overwrite=job.overwrite) as partial:
+        with publish(job.target, overwrite=job.overwrite) as partial, upscaler.glue_threads():
             frames = _run(job, fmt, source, info, upscaler, partial, on_frame, codec=codec, pix_fmt=pix_fmt, plan=plan)
     finally:
         source.close()

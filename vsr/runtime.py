@@ -10,7 +10,9 @@ it is (torch's default, all physical cores, or a batch worker's share set before
 gets all of them: the decode and encode threads run beside it, but at the frame sizes measured they
 are idle most of the time (x264 and H.264 decoding at these sizes take a few per cent of a core
 per frame against tens of milliseconds of network), so taking a core away from the network costs
-more than it frees (measured: docs/BENCHMARKS.md, "Threads").
+more than it frees (measured: docs/BENCHMARKS.md, "Threads"). OpenVINO and onnxruntime get the
+same count for their own thread pools; while they run the network, torch's own work drops to one
+thread for the length of a run (:meth:`vsr.upscale.Upscaler.glue_threads`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,6 @@ def build_upscaler(
     engine = create_engine(
         chosen, model_ref=model, device=torch_device, dtype=resolve_dtype(precision, torch_device, backend=chosen, ov_device=ov_device),
         engine_path=Path(engine_path) if engine_path else None, batch=batch or DEFAULT_BATCH, tile=tile,
-        compile=compile, cuda_graphs=cuda_graphs, openvino_device=ov_device, threads=count if chosen == "openvino" else None,
+        compile=compile, cuda_graphs=cuda_graphs, openvino_device=ov_device, threads=count if torch_device.type == "cpu" else None,
     )
     return Upscaler(engine, tile=tile, overlap=tile_overlap, batch=batch)

@@ -7,6 +7,7 @@ fitted in memory. Blend weights live on the device once per tile plan (no copy p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -143,6 +144,29 @@ class Upscaler:
     @property
     def scale(self) -> int:
         return self.engine.spec.scale
+
+    @contextlib.contextmanager
+    def glue_threads(self) -> Iterator[None]:
+        """Torch on one thread for the duration when the engine computes on the CPU in a thread
+        pool of its own (``engine.cpu_thread_pool``: OpenVINO's CPU, onnxruntime's CPU).
+
+        Torch then only does the per-frame glue (clamp, padding, colour conversion), and its
+        OpenMP workers spin-wait for a while after every parallel op: on a machine with as many
+        network threads as cores, each spinning worker takes a core from the engine's pool and
+        from the encoder (measured at 96x64, OpenVINO bf16 on 2 cores: 80 frames/s through the
+        Upscaler with torch's 2 threads, 118 with 1, the engine alone 120; docs/BENCHMARKS.md).
+        Runs (:func:`vsr.pipeline.run_video`, :func:`vsr.images.run_tasks`) hold it; torch's
+        count is put back afterwards. The count is process-wide: one run at a time per process.
+        """
+        before = torch.get_num_threads()
+        if not getattr(self.engine, "cpu_thread_pool", False) or before == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """Upscale ``frames``; returns float32 ``(N, C, H*scale, W*scale)`` on the engine's device."""

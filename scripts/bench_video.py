@@ -23,6 +23,11 @@ defaults for backend, batch and threads unless the flags below say otherwise.
     python scripts/bench_video.py                                    # samples/sample.mp4 (96x64, 48 frames)
     python scripts/bench_video.py --make-clip 176x144 --frames 120 --model realesr-animevideov3
     python scripts/bench_video.py --clip in.mp4 --backend torch --batch 1 --threads 2 --json
+    python scripts/bench_video.py --model realesr-animevideov3 --cpu-breakdown   # + CPU per frame by thread
+
+``--cpu-breakdown`` runs the clip once more and prints the CPU time per frame of each group of
+threads (see :class:`ThreadCpu`) and the frame rate the usable cores allow for that sum: the bound
+an end-to-end run on a CPU cannot pass, whatever the scheduling.
 
 ``--make-clip WxH`` writes a clip of ``--frames`` frames into a temporary folder with the test
 media factory (tests/media.py: a camera move across scikit-image's ``astronaut`` photograph,
@@ -33,9 +38,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,6 +111,74 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class ThreadCpu:
+    """CPU seconds per thread group of this process while the block runs (Linux /proc; else empty).
+
+    Groups: the calling thread (the pipeline's compute thread: network calls, colour conversion,
+    padding); the other threads alive before the block (the network's thread pool: OpenVINO's,
+    torch's OpenMP workers); Python threads started in the block, by name (``vsr-decode``,
+    ``vsr-encode``); and other threads started in the block (the encoder's and decoder's own:
+    x264's, FFmpeg's). Threads are sampled every ``interval`` seconds, so a thread that starts and
+    ends between two samples is missed (the encoder's threads live for the whole run).
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.groups: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._seen: dict[str, float] = {}
+        self._names: dict[str, str] = {}
+
+    @staticmethod
+    def sample() -> dict[str, float]:
+        """CPU seconds (user + system) of every thread of this process, by thread id."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        try:
+            tids = os.listdir("/proc/self/task")
+        except OSError:
+            return out
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # the thread ended
+            out[tid] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
+    def __enter__(self) -> ThreadCpu:
+        self.caller = str(threading.get_native_id())
+        self.base = self.sample()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        mine = str(threading.get_native_id())
+        while True:
+            self._seen.update(self.sample())
+            self._names.update({str(t.native_id): t.name for t in threading.enumerate() if t.native_id is not None})
+            self._seen.pop(mine, None)
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._seen.update({k: v for k, v in self.sample().items() if k in self._seen or k == self.caller})
+        for tid, seconds in self._seen.items():
+            if tid == self.caller:
+                group = "compute thread (network calls, colour, padding)"
+            elif tid in self.base:
+                group = "threads alive before the run (the network's pool)"
+            elif self._names.get(tid, "").startswith("vsr-"):
+                group = f"{self._names[tid]} thread"
+            else:
+                group = "threads started by the codecs (x264's, FFmpeg's)"
+            self.groups[group] = self.groups.get(group, 0.0) + seconds - self.base.get(tid, 0.0)
+
+
 def ncnn_nets(model: str, threads: int) -> tuple[list[tuple[str, object]], list[str]]:
     """(row name, ncnn net) per option set of ``model`` on the CPU, and skip lines."""
     nets, skipped = [], []
@@ -132,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of timed rows; medians are reported (default 3)")
     parser.add_argument("--no-ncnn", action="store_true", help="leave out the ncnn rows")
+    parser.add_argument("--cpu-breakdown", action="store_true",
+                        help="one more vsr run, with the CPU time of its threads per frame (Linux), and the rate the cores allow")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
 
-    from vsr.runtime import build_upscaler
+    from vsr.runtime import build_upscaler, usable_cores
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp), args.make_clip, args.frames) if args.make_clip else (args.clip or ROOT / "samples" / "sample.mp4")
@@ -170,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             {"what": "vsr run (end to end)", "fps": statistics.median(n / s for n, s in runs), "peak_mib": None if base is None or peak is None else (peak - base) / 2**20},
         ]
         rows += [{"what": name, "fps": statistics.median(fps), "peak_mib": None} for name, fps in ncnn_fps.items()]
+        breakdown: dict[str, float] = {}
+        if args.cpu_breakdown:
+            with ThreadCpu() as cpu:
+                n, _ = pipeline(clip, upscaler)
+            breakdown = {group: seconds * 1000 / n for group, seconds in sorted(cpu.groups.items(), key=lambda kv: -kv[1]) if seconds > 0}
         height, width = frames[0].shape[-2:]
         ncnn_best = max((r["fps"] for r in rows if r["what"].startswith("ncnn")), default=None)
         for row in rows:
@@ -178,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         head = {
             "clip": clip.name if not args.make_clip else f"{width}x{height} made with tests/media.py ({len(frames)} frames)",
             "size": f"{width}x{height}", "frames": len(frames), "model": args.model, "engine": engine_desc,
-            "batch": upscaler.call_batch(height, width), "threads": threads, "ncnn": ncnn_ref.version(),
+            "batch": upscaler.call_batch(height, width), "threads": threads, "ncnn": ncnn_ref.version(), "cores": usable_cores(),
         }
         engine.close()
     if args.json:
-        print(json.dumps({**head, "rows": rows, "skipped": skipped}))
+        print(json.dumps({**head, "rows": rows, "skipped": skipped, "cpu_ms_per_frame": breakdown}))
         return 0
     print(f"# {head['model']} on {head['clip']}, {head['size']}, {head['frames']} frames; vsr: {head['engine']}, batch {head['batch']}, "
           f"{head['threads']} threads; ncnn {head['ncnn']} ({threads} threads); medians of {args.repeat} rounds")
@@ -194,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['what']} | {row['fps']:.3g} | {ratio} | {peak} |")
     for line in skipped:
         print(f"# skipped {line}")
+    if breakdown:
+        total = sum(breakdown.values())
+        print(f"\n# CPU time per frame of one more vsr run, by thread ({head['cores']} usable cores)")
+        print("| threads | CPU ms per frame |")
+        print("|---|---|")
+        for group, ms in breakdown.items():
+            print(f"| {group} | {ms:.2f} |")
+        print(f"| all | {total:.2f} |")
+        print(f"# {head['cores']} cores at full use allow at most {head['cores'] * 1000 / total:.3g} frames/s for that much CPU per frame")
     return 0
 
 

@@ -326,6 +326,15 @@ def test_torch_glue_runs_on_one_thread_while_openvino_computes(tmp_path, clip):
             assert torch.get_num_threads() == 2
             engine.close()
         assert seen == {"openvino": ({1}, {1}), "torch": ({2}, {2})}
+        # Pictures too (vsr.images.run_tasks).
+        from vsr.images import ImageTask, run_tasks
+
+        photo = tmp_path / "photo.png"
+        write_image(photo, (photos(24, 32)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        engine = _CountsThreads(OpenVinoEngine(tiny_srvgg(seed=5)))
+        assert run_tasks([ImageTask(photo, tmp_path / "photo_x4.png")], Upscaler(engine)) == []
+        assert engine.counts == [1] and torch.get_num_threads() == 2 and (tmp_path / "photo_x4.png").is_file()
+        engine.close()
     finally:
         torch.set_num_threads(before)
 

@@ -69,14 +69,13 @@ def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
 
 def model_only(frames: list[torch.Tensor], upscaler) -> float:
     """Seconds to upscale ``frames`` in groups of ``upscaler.batch`` (one warm-up group first)."""
-    with upscaler.glue_threads():  # as a run holds it
-        upscaler(torch.cat(frames[: upscaler.batch]))
-        _sync(upscaler.engine.device)
-        started = time.perf_counter()
-        for i in range(0, len(frames), upscaler.batch):
-            upscaler(torch.cat(frames[i : i + upscaler.batch]))
-        _sync(upscaler.engine.device)
-        return time.perf_counter() - started
+    upscaler(torch.cat(frames[: upscaler.batch]))
+    _sync(upscaler.engine.device)
+    started = time.perf_counter()
+    for i in range(0, len(frames), upscaler.batch):
+        upscaler(torch.cat(frames[i : i + upscaler.batch]))
+    _sync(upscaler.engine.device)
+    return time.perf_counter() - started
 
 
 def pipeline(clip: Path, upscaler) -> tuple[int, float]:

@@ -79,6 +79,9 @@ def test_small_run_reports_every_row_and_the_breakdown(tmp_path, vsr_home):
     assert [r["what"] for r in data["rows"]] == ["vsr model only", "vsr run (end to end)"]
     assert all(r["fps"] > 0 for r in data["rows"])
     assert data["skipped"] and "not a named model" in data["skipped"][0]  # no ncnn files for a .pth
-    if Path("/proc/self/task").is_dir():
-        breakdown = data["cpu_ms_per_frame"]
-        assert breakdown["compute thread (network calls, colour, padding)"] > 0  # a 6-frame run is too short for the rest
+    # A 6-frame run takes a few clock ticks (10 ms) of CPU, so groups may round to nothing (they are
+    # left out then); the grouping itself is checked above.
+    breakdown = data["cpu_ms_per_frame"]
+    assert isinstance(breakdown, dict) and all(ms > 0 for ms in breakdown.values())
+    assert set(breakdown) <= {"compute thread (network calls, colour, padding)", "threads alive before the run (the network's pool)",
+                              "vsr-decode thread", "vsr-encode thread", "threads started by the codecs (x264's, FFmpeg's)"}

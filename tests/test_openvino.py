@@ -326,6 +326,11 @@ def test_torch_glue_runs_on_one_thread_while_openvino_computes(tmp_path, clip):
             assert torch.get_num_threads() == 2
             engine.close()
         assert seen == {"openvino": ({1}, {1}), "torch": ({2}, {2})}
+        # A call outside a run (a library user's own loop) too.
+        engine = _CountsThreads(OpenVinoEngine(tiny_srvgg(seed=5)))
+        Upscaler(engine)(photos(16, 24))
+        assert engine.counts == [1] and torch.get_num_threads() == 2
+        engine.close()
         # Pictures too (vsr.images.run_tasks).
         from vsr.images import ImageTask, run_tasks
 

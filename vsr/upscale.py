@@ -155,8 +155,10 @@ class Upscaler:
         network threads as cores, each spinning worker takes a core from the engine's pool and
         from the encoder (measured at 96x64, OpenVINO bf16 on 2 cores: 80 frames/s through the
         Upscaler with torch's 2 threads, 118 with 1, the engine alone 120; docs/BENCHMARKS.md).
-        Runs (:func:`vsr.pipeline.run_video`, :func:`vsr.images.run_tasks`) hold it; torch's
-        count is put back afterwards. The count is process-wide: one run at a time per process.
+        Every call holds it (switching costs about a microsecond), and so do runs
+        (:func:`vsr.pipeline.run_video`, :func:`vsr.images.run_tasks`), whose colour conversion is
+        glue too; torch's count is put back afterwards. The count is process-wide: one run at a
+        time per process.
         """
         before = torch.get_num_threads()
         if not getattr(self.engine, "cpu_thread_pool", False) or before == 1:
@@ -172,6 +174,10 @@ class Upscaler:
         """Upscale ``frames``; returns float32 ``(N, C, H*scale, W*scale)`` on the engine's device."""
         if frames.dim() != 4:
             raise ValueError(f"expected (N, C, H, W) frames, got shape {tuple(frames.shape)}")
+        with self.glue_threads():  # a no-op inside a run, which holds it already
+            return self._upscale(frames)
+
+    def _upscale(self, frames: torch.Tensor) -> torch.Tensor:
         n, _, height, width = frames.shape
         spec = self.engine.spec
         # The network was trained on in-gamut RGB: YUV converted exactly can leave the cube at

@@ -12,7 +12,7 @@ are idle most of the time (x264 and H.264 decoding at these sizes take a few per
 per frame against tens of milliseconds of network), so taking a core away from the network costs
 more than it frees (measured: docs/BENCHMARKS.md, "Threads"). OpenVINO and onnxruntime get the
 same count for their own thread pools; while they run the network, torch's own work drops to one
-thread for the length of a run (:meth:`vsr.upscale.Upscaler.glue_threads`).
+thread for the length of a run and of each Upscaler call (:meth:`vsr.upscale.Upscaler.glue_threads`).
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device, args:
             raise Skip(f"{cfg.precision} convolutions do not run on {device} in this torch build")
         return engine
     if cfg.backend == "openvino":
-        return make_openvino_engine(cfg, model, args, shape)
+        return make_openvino_engine(model, dtype, cfg.precision)
     if cfg.precision == "bf16":
         raise Skip("the ONNX exports are fp32 or fp16; bf16 runs on the torch and openvino backends only")
     fp16 = cfg.precision == "fp16"
@@ -437,14 +437,13 @@ def check_openvino(device: torch.device) -> None:
         raise Skip("this script runs OpenVINO on its CPU device (use --device cpu)")
 
 
-def make_openvino_engine(cfg: Config, model: torch.nn.Module, args: argparse.Namespace, shape):
+def make_openvino_engine(model: torch.nn.Module, dtype: torch.dtype, precision: str):
     """An OpenVINO engine as ``vsr run --backend openvino`` builds it (dynamic shapes, cached)."""
-    from vsr.device import PRECISIONS
     from vsr.engines.openvino_engine import OpenVinoEngine
 
-    engine = OpenVinoEngine(model, device="CPU", dtype=PRECISIONS[cfg.precision], threads=torch.get_num_threads())
-    if engine.compute_dtype != PRECISIONS[cfg.precision]:
-        raise Skip(f"OpenVINO's CPU device does not run {cfg.precision} here")
+    engine = OpenVinoEngine(model, device="CPU", dtype=dtype, threads=torch.get_num_threads())
+    if engine.compute_dtype != dtype:
+        raise Skip(f"OpenVINO's CPU device does not run {precision} here")
     return engine
 
 
@@ -466,15 +465,12 @@ def ncnn_model_rows(bench: Bench, sizes: list[tuple[int, int]], skipped: list[st
         skipped.append("ncnn: --random weights have no ncnn files; run with the named model's real weights")
         return []
     rows = []
-    for variant in ncnn_ref.VARIANTS:
-        try:
-            net = ncnn_ref.load(args.model, threads=torch.get_num_threads(), variant=variant)
-        except ncnn_ref.NoReference as why:
-            skipped.append(f"ncnn: {why}")
-            return rows
+    nets, failed = ncnn_ref.load_variants(args.model, threads=torch.get_num_threads())
+    skipped += failed
+    frames = [((h, w), ncnn_ref.as_chw(photo_batch(1, h, w))[0]) for h, w in sizes]
+    for variant, net in nets:
         cfg = Config("ncnn", "fp32", variant)  # mode column: ncnn's option set
-        for h, w in sizes:
-            frame = ncnn_ref.as_chw(photo_batch(1, h, w))[0]
+        for (h, w), frame in frames:
             with Memory(bench.device, "ncnn") as memory:
                 started = time.perf_counter()
                 seconds = ncnn_ref.call_seconds(net, frame, repeat=args.repeat, warmup=args.warmup)

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ncnn_ref  # noqa: E402  (scripts/ is not a package)
-from bench_engines import RssPeak  # noqa: E402
+from bench_engines import RssPeak, sync  # noqa: E402
 
 
 def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
@@ -70,11 +70,11 @@ def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
 def model_only(frames: list[torch.Tensor], upscaler) -> float:
     """Seconds to upscale ``frames`` in groups of ``upscaler.batch`` (one warm-up group first)."""
     upscaler(torch.cat(frames[: upscaler.batch]))
-    _sync(upscaler.engine.device)
+    sync(upscaler.engine.device)
     started = time.perf_counter()
     for i in range(0, len(frames), upscaler.batch):
         upscaler(torch.cat(frames[i : i + upscaler.batch]))
-    _sync(upscaler.engine.device)
+    sync(upscaler.engine.device)
     return time.perf_counter() - started
 
 
@@ -93,11 +93,6 @@ def make_clip(folder: Path, size: tuple[int, int], frames: int) -> Path:
     import media
 
     return media.make_clip(Path(folder) / f"clip-{size[0]}x{size[1]}-{frames}.mp4", size=size, frames=frames, audio="aac", photo="astronaut")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -178,18 +173,6 @@ class ThreadCpu:
             self.groups[group] = self.groups.get(group, 0.0) + seconds - self.base.get(tid, 0.0)
 
 
-def ncnn_nets(model: str, threads: int) -> tuple[list[tuple[str, object]], list[str]]:
-    """(row name, ncnn net) per option set of ``model`` on the CPU, and skip lines."""
-    nets, skipped = [], []
-    for variant in ncnn_ref.VARIANTS:
-        try:
-            nets.append((f"ncnn model only ({variant})", ncnn_ref.load(model, threads=threads, variant=variant)))
-        except ncnn_ref.NoReference as why:
-            skipped.append(f"ncnn: {why}")
-            break
-    return nets, skipped
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = parser.add_mutually_exclusive_group()
@@ -222,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = upscaler.engine
         frames = decoded_rgb(clip, engine.device)
         threads = torch.get_num_threads()
-        nets, skipped = ncnn_nets(args.model, threads) if not args.no_ncnn and engine.device.type == "cpu" else ([], [])
+        nets, skipped = ([], []) if args.no_ncnn or engine.device.type != "cpu" else ncnn_ref.load_variants(args.model, threads=threads)
+        nets = [(f"ncnn model only ({variant})", net) for variant, net in nets]
         chw = [a for f in frames for a in ncnn_ref.as_chw(f)] if nets else []
         pipeline(clip, upscaler)  # warm-ups, untimed
         for _, net in nets:

@@ -62,6 +62,19 @@ def load(model: str, *, threads: int, variant: str = "default"):
     return net
 
 
+def load_variants(model: str, *, threads: int) -> tuple[list[tuple[str, object]], list[str]]:
+    """(variant, net) for every option set in :data:`VARIANTS` of ``model``, and skip lines
+    (``ncnn: why``; loading stops at the first variant that cannot load)."""
+    nets, skipped = [], []
+    for variant in VARIANTS:
+        try:
+            nets.append((variant, load(model, threads=threads, variant=variant)))
+        except NoReference as why:
+            skipped.append(f"ncnn: {why}")
+            break
+    return nets, skipped
+
+
 def upscale(net, frame: np.ndarray) -> np.ndarray:
     """One float32 CHW RGB frame in [0, 1] through ``net``; returns the CHW output."""
     import ncnn

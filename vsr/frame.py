@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .color import Colour
-from .media.presentation import HdrMetadata
+from .media.presentation import HdrMetadata, interlaced_field_order, orientation
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ class VideoInfo:
     hdr: HdrMetadata | None = None
     start_time: Fraction = Fraction(0)  # seconds: where the file's timeline begins (trims count from here)
 
+    @property
+    def interlaced(self) -> bool:
+        """Whether the stream's field order or the first frame's flag says interlaced."""
+        return self.interlaced_frames or interlaced_field_order(self.field_order)
+
     def describe(self) -> str:
         rate = f"{float(self.rate):.3g} fps" if self.rate else "unknown rate"
         count = f", ~{self.frames_hint} frames" if self.frames_hint else ""
@@ -68,10 +73,8 @@ class VideoInfo:
         if self.sar != 1:
             extra.append(f"SAR {self.sar.numerator}:{self.sar.denominator}")
         if self.display_matrix is not None:
-            from .media.presentation import orientation
-
             extra.append(f"display matrix: {orientation(self.display_matrix).describe()}")
-        if self.interlaced_frames or self.field_order not in ("unknown", "progressive"):
+        if self.interlaced:
             extra.append(f"interlaced (field order {self.field_order})")
         if self.hdr is not None:
             extra.append(f"HDR10 {self.hdr.describe()}")

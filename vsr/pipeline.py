@@ -35,7 +35,7 @@ from .media.decode import CopiedPacket, iter_media, open_input
 from .media.encode import CONTAINERS, EncodeSettings, Muxer, container_format, plan_encoder, planar_source
 from .media.plan import PictureOptions, VideoPlan, plan_video
 from .media.presentation import Orientation
-from .media.trim import Trim, format_time
+from .media.trim import Trim, check_decoder, format_time
 from .paths import check_output, publish
 from .transfer import Transfer
 from .upscale import Upscaler, resample
@@ -227,8 +227,7 @@ def check_job(job: VideoJob) -> str:
     fmt = container_format(job.target)
     if fmt is None:
         raise UsageError(f"output {job.target} is not a video container vsr writes; use one of {', '.join(sorted(CONTAINERS))}")
-    if job.decoder == "dali" and job.trim is not None and job.trim.active:
-        raise UsageError("--decoder dali decodes whole files; leave out --start/--duration/--frames, or use --decoder pyav")
+    check_decoder(job.decoder, job.trim)
     check_output(job.target, overwrite=job.overwrite, inputs=(job.source,))
     return fmt
 

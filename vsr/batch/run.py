@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import InputMissing, Interrupted, TransientError, UsageError, VsrError
 from ..media.encode import CONTAINERS, EncodeSettings, container_format
 from ..media.plan import PictureOptions
-from ..media.trim import Trim
+from ..media.trim import Trim, check_decoder
 from ..progress import Progress
 from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, now_iso, options_fingerprint, worst_exit_code
 from .segments import SEGMENTS_DIR, Segment, index_video, piece_path, plan_segments
@@ -289,8 +289,7 @@ def run_batch(
         with contextlib.suppress(OSError):
             if source.parent.resolve() == output_dir.resolve() and source.suffix.lower() in VIDEO_EXTENSIONS:
                 raise UsageError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
-    if trim is not None and trim.active and decoder != "pyav":
-        raise UsageError("--decoder dali decodes whole files; leave out --start/--duration/--frames, or use --decoder pyav")
+    check_decoder(decoder, trim)
     options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim)
     jobs = plan_jobs(sources, output_dir, output_ext)
     manifest = Manifest(output_dir)

@@ -87,10 +87,6 @@ class VideoIndex:
     def frames(self) -> int:
         return len(self.pts)
 
-    @property
-    def trimmed(self) -> bool:
-        return self.start_pts is not None or self.end_pts is not None
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -148,8 +144,7 @@ def index_video(path: Path, trim: Trim | None = None) -> VideoIndex:
         reason = "some video packets share a timestamp"
     elif not keys:
         reason = "no keyframe flags"
-    interlaced = info.interlaced_frames or info.field_order in ("tt", "bb", "tb", "bt")
-    index = VideoIndex(tuple(ordered), tuple(sorted(keys)), info.time_base, usable=not reason, reason=reason, interlaced=interlaced)
+    index = VideoIndex(tuple(ordered), tuple(sorted(keys)), info.time_base, usable=not reason, reason=reason, interlaced=info.interlaced)
     return trim_index(index, trim, info) if trim is not None and trim.active else index
 
 

@@ -24,9 +24,9 @@ from .. import color
 from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
 from ..frame import Frame, StreamInfo, VideoInfo
 from . import presentation
-from .deinterlace import DeinterlacePlan, Deinterlacer
+from .deinterlace import DeinterlacePlan, Deinterlacer, output_time_base
 from .nvdec import decode_threads, decoded_by_nvdec
-from .trim import Trim, Window, format_time, shift_packet
+from .trim import Trim, Window, format_time, shift_packet, window_of
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def iter_media(
     Decoding errors after the first frame end the stream with a warning instead of failing the job
     (a truncated or damaged tail); the caller sees fewer frames and the warning says how many.
     """
-    window = trim.window(info.start_time) if trim is not None and trim.active else None
+    window = window_of(trim, info.start_time)
     plan = deinterlace or DeinterlacePlan()
     for attempt in ("seek", "from the start"):
         seek = attempt == "seek" and window is not None and window.start > info.start_time
@@ -394,8 +394,6 @@ class Cut:
         return cut
 
     def __init__(self, window: Window | None, info: VideoInfo, plan: DeinterlacePlan, *, seek: bool, subtitles: set[int], copied: set[int]):
-        from .deinterlace import output_time_base
-
         self.window = window
         self.info = info
         self.seek = seek

@@ -77,7 +77,7 @@ def plan(mode: str, rate: str, info: VideoInfo) -> DeinterlacePlan:
     if mode == "off":
         return DeinterlacePlan(rate=rate)
     if mode == "on":
-        parity = parity if info.interlaced_frames else ("bff" if info.field_order in ("bb", "bt") else "tff")
+        parity = parity if info.interlaced_frames else ("tff" if top_field_first(info.field_order) else "bff")
         return DeinterlacePlan(enabled=True, rate=rate, deint="all", parity=parity)
     if info.interlaced_frames:
         return DeinterlacePlan(enabled=True, rate=rate, deint="interlaced")

@@ -18,7 +18,7 @@ from .. import color
 from ..frame import VideoInfo
 from . import deinterlace
 from .presentation import HdrMetadata, Orientation, apply_orientation_shape, orientation, rotated_sar
-from .trim import Trim, Window
+from .trim import Trim, Window, window_of
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,10 @@ def plan_video(
         notes.append(f"sample aspect ratio {sar.numerator}:{sar.denominator} kept on the output (display aspect {float(out_w * sar / out_h):.4g})")
 
     plan_d = deinterlace.plan(options.deinterlace, options.deinterlace_rate, info)
-    interlaced = info.interlaced_frames or info.field_order in ("tt", "bb", "tb", "bt")
     if plan_d.enabled:
         what = "one frame per field" if plan_d.rate == "field" else "same frames and timestamps"
         notes.append(f"interlaced source (field order {info.field_order}): deinterlaced with bwdif before the network ({what}); progressive output")
-    elif interlaced:
+    elif info.interlaced:
         log.warning(
             "input %s is interlaced (field order %s) and --deinterlace off: the combing is upscaled as it is; "
             "leave --deinterlace at auto to deinterlace", info.path, info.field_order,
@@ -119,7 +118,7 @@ def plan_video(
 
     if info.hdr is not None:
         notes.append(f"HDR10 static metadata: {info.hdr.describe()}")
-    window = trim.window(info.start_time) if trim is not None and trim.active else None
+    window = window_of(trim, info.start_time)
     if window is not None:
         notes.append(f"trimmed: {trim.describe()}")
     return VideoPlan(

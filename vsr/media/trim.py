@@ -93,6 +93,17 @@ class Trim:
         return Window(begin, None if self.duration is None else begin + self.duration, self.frames)
 
 
+def window_of(trim: Trim | None, file_start: Fraction) -> Window | None:
+    """:meth:`Trim.window` for a file starting at ``file_start``; None when nothing is trimmed."""
+    return trim.window(file_start) if trim is not None and trim.active else None
+
+
+def check_decoder(decoder: str, trim: Trim | None) -> None:
+    """Refuse a trim with a decoder that only reads whole files (DALI)."""
+    if decoder != "pyav" and trim is not None and trim.active:
+        raise UsageError("--decoder dali decodes whole files; leave out --start/--duration/--frames, or use --decoder pyav")
+
+
 @dataclass(frozen=True)
 class Window:
     """Absolute trim bounds in the file's own time (seconds); ``end`` None is open."""

@@ -577,7 +577,7 @@ def join_segments(
                             "does not give identical headers); run without segments"
                         )
                 video = _piece_packets(pieces, metas, dts)
-                copied = _copied_packets(container, muxer.copied_indices, _join_cut(source, info, trim, muxer.copied_indices, container))
+                copied = _copied_packets(container, muxer.copied_indices, _join_cut(info, trim, metas, muxer.copied_indices, container))
                 for kind, item in _interleave(video, copied):
                     if kind == "v":
                         muxer.write_video_packet(item)
@@ -615,15 +615,17 @@ def _piece_packets(pieces: list[Path], metas: list[dict[str, Any]], dts: list[li
                 raise VsrError(f"piece {piece} holds {n} video packets, its sidecar lists {len(records)}; run the batch again")
 
 
-def _join_cut(source: Path, info: VideoInfo, trim: Trim | None, indices: list[int], container) -> Cut | None:
-    """The copied-packet side of a trim, with the range the (trimmed) index put the video in."""
+def _join_cut(info: VideoInfo, trim: Trim | None, metas: list[dict[str, Any]], indices: list[int], container) -> Cut | None:
+    """The copied-packet side of a trim, with the range the (trimmed) index put the video in: the
+    offset every segment carries and the last segment's end (:func:`plan_segments`), as the
+    pieces' sidecars recorded them, so the source is not indexed again."""
     if trim is None or not trim.active:
         return None
-    index = index_video(source, trim)
-    tb = index.time_base
+    offset = Fraction(metas[0]["segment"]["offset"])
+    end_pts = metas[-1]["segment"]["end_pts"]
     kinds = {i: container.streams[i].type for i in indices}
     return Cut.for_range(
-        trim.window(info.start_time), info, offset=index.offset, end=None if index.end_pts is None else index.end_pts * tb,
+        trim.window(info.start_time), info, offset=offset, end=None if end_pts is None else end_pts * info.time_base,
         copied={i for i, k in kinds.items() if k != "attachment"}, subtitles={i for i, k in kinds.items() if k == "subtitle"},
     )
 

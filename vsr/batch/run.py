@@ -452,7 +452,7 @@ def _frames_hint(path: Path) -> int | None:
     from ..media.decode import open_input
 
     try:
-        container, info = open_input(path)
+        container, info = open_input(path, probe_frame=False)  # the header's count is all it needs
     except VsrError:
         return None
     container.close()

@@ -62,11 +62,15 @@ def _is_cover_art(stream: av.stream.Stream) -> bool:
         return False
 
 
-def open_input(path: Path, *, hwaccel: str | None = None, hwaccel_device: int | None = None) -> tuple[av.container.InputContainer, VideoInfo]:
+def open_input(
+    path: Path, *, hwaccel: str | None = None, hwaccel_device: int | None = None, probe_frame: bool = True,
+) -> tuple[av.container.InputContainer, VideoInfo]:
     """Open ``path`` and describe its first video stream (cover art does not count).
 
     ``hwaccel="cuda"`` asks FFmpeg for NVDEC decoding (frames are downloaded to host memory) on GPU
-    ``hwaccel_device`` (default: FFmpeg's, the first visible GPU).
+    ``hwaccel_device`` (default: FFmpeg's, the first visible GPU). ``probe_frame=False`` leaves
+    out what only a decoded frame tells (:func:`_with_first_frame`: display matrix, HDR10,
+    interlace flag), for callers that read the header's facts only (frame counts, packets).
     """
     path = Path(path)
     if not path.exists():
@@ -91,7 +95,7 @@ def open_input(path: Path, *, hwaccel: str | None = None, hwaccel_device: int | 
     except BaseException:
         container.close()
         raise
-    return container, _with_first_frame(info)
+    return container, _with_first_frame(info) if probe_frame else info
 
 
 def _hwaccel(name: str, device: int | None = None):

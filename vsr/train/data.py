@@ -136,7 +136,7 @@ def sample_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     from ..pipeline import planes_to_rgb
 
     path = Path(path).expanduser()
-    container, info = open_input(path)
+    container, info = open_input(path, probe_frame=False)  # training frames need no display matrix or HDR tags
     try:
         stream = container.streams[info.stream_index]
         total = sum(1 for packet in container.demux(stream) if packet.size)
@@ -147,7 +147,7 @@ def sample_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     n = min(count, total)
     wanted = sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)})
     frames: list[np.ndarray] = []
-    container, info = open_input(path)
+    container, info = open_input(path, probe_frame=False)
     try:
         device = torch.device("cpu")
         for item in iter_media(container, info, copy_streams=()):

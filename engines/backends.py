@@ -98,13 +98,14 @@ def create_engine(
                 raise UsageError("the TensorRT path builds fp16 or fp32 engines; use --fp16, or --backend torch for bf16")
             model = models.load(model_ref)
             fp16 = dtype == torch.float16
+            onnx_path = cached_onnx(model, fp16=fp16)
             if tile:
                 config = BuildConfig(batch=batch, tile=(tile, tile), fp16=fp16)
-                engine = TrtEngine.from_onnx(cached_onnx(model, fp16=fp16), config, spec=model.spec, device=device)
+                engine = TrtEngine.from_onnx(onnx_path, config, spec=model.spec, device=device)
             else:  # whole frames where memory allows: built for the size the Upscaler sends
                 from .trt_frames import trt_frame_engine
 
-                engine = trt_frame_engine(cached_onnx(model, fp16=fp16), spec=model.spec, device=device, fp16=fp16, batch=batch)
+                engine = trt_frame_engine(onnx_path, spec=model.spec, device=device, fp16=fp16, batch=batch)
         _warn_precision(engine, dtype)
         return engine
     if backend == "openvino":

@@ -241,9 +241,15 @@ def _import_onnx():
     return onnx
 
 
+def example_side(spec: ModelSpec) -> int:
+    """Side of the square a dynamic-shape trace runs: ``DYNAMIC_EXAMPLE``, raised to the model's
+    smallest input and rounded up to its multiple (the ONNX export and OpenVINO's conversion)."""
+    return -(-max(DYNAMIC_EXAMPLE, spec.min_size) // spec.multiple_of) * spec.multiple_of
+
+
 def _example_input(shape: tuple[int | None, ...], spec: ModelSpec, dtype: torch.dtype) -> torch.Tensor:
     """A traced example: the fixed shape, or batch 2 and a 64-ish square for a dynamic export."""
-    side = -(-max(DYNAMIC_EXAMPLE, spec.min_size) // spec.multiple_of) * spec.multiple_of
+    side = example_side(spec)
     dims = [d if d is not None else (2 if i == 0 else side) for i, d in enumerate(shape)]
     # Values do not reach the graph; a seeded generator just keeps the export reproducible.
     return torch.rand(dims, generator=torch.Generator().manual_seed(0)).to(dtype)

@@ -48,6 +48,7 @@ from torch import nn
 from ..device import dtype_name
 from ..errors import BackendUnavailable, UsageError
 from .fixed import check_input, run_fixed
+from .onnx_export import example_side
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def convert(model: nn.Module, shape: tuple[int, ...] | None = None):
     """``model`` as an ``openvino.Model``: dynamic ``(N, C, H, W)``, or ``shape`` when given."""
     ov = import_openvino()
     spec = model.spec
-    side = -(-max(64, spec.min_size) // spec.multiple_of) * spec.multiple_of
+    side = example_side(spec)
     example = torch.rand(1, spec.in_channels, side, side)
     net = copy.deepcopy(model).float().eval()
     decline_telemetry()

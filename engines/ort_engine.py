@@ -172,7 +172,7 @@ class OrtEngine:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"{self.name}: onnxruntime cannot load it ({first})") from err
         self.providers: list[str] = self._session.get_providers()
-        if device.type == "cuda" and not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(self.providers):
+        if device.type == "cuda" and not set(STREAM_PROVIDERS) & set(self.providers):
             raise BackendUnavailable(
                 f"onnxruntime could not start its CUDA provider (running on {', '.join(self.providers)}); "
                 'check the CUDA 13 and cuDNN 9 libraries: pip install "onnxruntime-gpu[cuda,cudnn]"'

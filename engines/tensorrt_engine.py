@@ -37,6 +37,7 @@ from ..models.spec import ModelSpec
 from ..paths import check_output
 from . import cache
 from .onnx_export import SPEC_KEY, spec_from_json
+from .profiles import Shape
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ OPT_LEVELS = range(0, 6)
 # IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment"; a less
 # aligned address is refused (the call returns False) and the run would use a stale address.
 TENSOR_ALIGNMENT = 256
-
-Shape = tuple[int, int, int, int]
 
 _TORCH_DTYPES: dict[str, torch.dtype] = {
     "FLOAT": torch.float32,

@@ -74,8 +74,7 @@ class SizedEngines:
                 engine = self.build((self.batch, int(shape[1]), *key))
             except torch.OutOfMemoryError:
                 # The Upscaler retries with smaller tiles: give it the memory the open engines hold.
-                while self._engines:
-                    self._engines.popitem()[1].close()
+                self._close_all()
                 raise
             self._engines[key] = engine
             while len(self._engines) > self.max_engines:
@@ -85,8 +84,12 @@ class SizedEngines:
     def close(self) -> None:
         """Close every built engine."""
         with self._lock:
-            while self._engines:
-                self._engines.popitem()[1].close()
+            self._close_all()
+
+    def _close_all(self) -> None:
+        # The caller holds self._lock (not reentrant).
+        while self._engines:
+            self._engines.popitem()[1].close()
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{w}x{h}" for h, w in self._engines) or "none built yet"

@@ -58,7 +58,7 @@ def free_memory(device: torch.device) -> int:
 
 def estimate_bytes(activation_per_pixel: float, pixels: int, dtype: torch.dtype) -> int:
     """Rough peak activation memory for ``pixels`` input pixels in one engine call."""
-    return profiles.estimate_bytes(activation_per_pixel, pixels, torch.finfo(dtype).bits // 8)
+    return profiles.estimate_bytes(activation_per_pixel, pixels, dtype.itemsize)
 
 
 def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: int, frames: int = 1) -> int:
@@ -66,7 +66,7 @@ def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: in
     ``frames`` fits ``budget``, else the largest square tile for which ``batch`` tiles fit
     (:func:`vsr.engines.profiles.plan_frames`)."""
     plan = profiles.plan_frames(
-        height, width, batch=batch, budget=budget, dtype_bytes=torch.finfo(engine.dtype).bits // 8,
+        height, width, batch=batch, budget=budget, dtype_bytes=engine.dtype.itemsize,
         activation_per_pixel=engine.spec.activation_per_pixel, channels=engine.spec.in_channels,
         multiple_of=engine.spec.multiple_of, frames=frames,
     )

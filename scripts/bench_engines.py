@@ -662,9 +662,12 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-def table(rows: list[dict]) -> str:
-    cells = [[name for name, _ in COLUMNS]] + [[_cell(key, r[key]) for _, key in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+def table(rows: list[dict], columns=None, cell=None) -> str:
+    """A Markdown table of ``rows``: ``columns`` (header, key) pairs, ``cell(key, value)`` formats a
+    value (default: this script's); text columns left-aligned, the numbers from the 7th on right."""
+    columns, cell = columns or COLUMNS, cell or _cell
+    cells = [[name for name, _ in columns]] + [[cell(key, r[key]) for _, key in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells[1:]:

@@ -342,19 +342,17 @@ COLUMNS = (
 )
 
 
-def table(rows: list[dict]) -> str:
-    def cell(key, value):
-        if value is None:
-            return "-"
-        if key == "peak_fraction":
-            return f"{100 * value:.1f}"
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+def cell(key: str, value) -> str:
+    """One table cell: '-' for no value, the peak share in per cent, floats to 4 digits."""
+    if value is None:
+        return "-"
+    if key == "peak_fraction":
+        return f"{100 * value:.1f}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    cells = [[name for name, _ in COLUMNS]] + [[cell(key, r[key]) for _, key in COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.rjust(w) if i >= 6 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |" for r in cells[1:]]
-    return "\n".join(lines)
+
+def table(rows: list[dict]) -> str:
+    return be.table(rows, COLUMNS, cell)
 
 
 def report(run: Run) -> str:

@@ -255,7 +255,7 @@ def plan_output(
 def frame_count_hint(info: VideoInfo, trim: Trim | None, plan: VideoPlan) -> int | None:
     """Frames the output will hold, for progress bars (None when unknown). ``--frames`` counts
     output frames; times count input frames, two per frame at field rate."""
-    per_frame = 2 if plan.deinterlace.doubles_rate else 1
+    per_frame = plan.deinterlace.frames_per_input
     if trim is None or not trim.active:
         return info.frames_hint * per_frame if info.frames_hint else None
     limits = [] if trim.frames is None else [trim.frames]

@@ -431,7 +431,7 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
         frames_iter.close()
     if stats.frames != decoded or stats.video_packets != stats.frames or len(muxer.records) != stats.frames:
         raise VsrError(f"segment {segment.index} of {source}: {decoded} frames decoded, {stats.frames} encoded, {stats.video_packets} packets; not published (please report this)")
-    if decoded != segment.frames * (2 if plan.deinterlace.doubles_rate else 1):
+    if decoded != segment.frames * plan.deinterlace.frames_per_input:
         log.warning("segment %d of %s: %d frames decoded where the index counted %d packets", segment.index, source, decoded, segment.frames)
     tb = muxer.packet_time_base or info.time_base
     return {

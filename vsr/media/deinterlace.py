@@ -55,6 +55,11 @@ class DeinterlacePlan:
         return self.enabled and self.rate == "field"
 
     @property
+    def frames_per_input(self) -> int:
+        """Output frames per decoded frame: 2 at field rate, else 1."""
+        return 2 if self.doubles_rate else 1
+
+    @property
     def field_times(self) -> bool:
         """Frames may come at field times (half a frame period apart): the time base must hold them."""
         return (self.enabled or self.lazy) and self.rate == "field"

@@ -15,10 +15,15 @@ outputs stay float32 tensors in host memory (``dtype``); the precision the netwo
 ``compute_dtype``. The import passes the whole compile configuration again, because the CPU
 plugin takes precision and threads from the import call, not from the file.
 
-Threads. ``PERFORMANCE_HINT=LATENCY``: one inference at a time (the compute thread of the
-pipeline calls the engine), using ``INFERENCE_NUM_THREADS`` = ``threads`` (default: torch's thread
-count, which is what ``--threads`` sets), so OpenVINO's pool and torch's colour conversion share
-the cores vsr may use.
+Threads. ``PERFORMANCE_HINT=LATENCY``: one inference at a time, using ``INFERENCE_NUM_THREADS`` =
+``threads`` (default: torch's thread count, which is what ``--threads`` sets), so OpenVINO's pool
+and torch's colour conversion share the cores vsr may use. A video run on the CPU holds
+:meth:`OpenVinoEngine.concurrent` instead: the same file imported with ``PERFORMANCE_HINT=THROUGHPUT``
+and ``streams`` streams that split those threads, one infer request per stream, and the pipeline
+calls the engine from that many compute threads at once (:func:`vsr.pipeline.run_video`). Why:
+with one stream of two threads, every layer ends at a barrier, and a thread the encoder or the
+colour conversion pre-empts holds the other one there; streams of one thread each never wait for
+one another, so the cores stay busy (measured on 2 cores, docs/BENCHMARKS.md "OpenVINO streams").
 
 Devices. ``device`` takes OpenVINO's names: ``CPU`` (also ``cpu``/``auto``), ``GPU``, ``GPU.N``,
 ``NPU``. Only the CPU has been run in this project; GPU and NPU are passed to OpenVINO as they are.
@@ -35,10 +40,12 @@ import copy
 import ctypes
 import io
 import logging
+import queue
 import re
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +64,12 @@ INSTALL_HINT = 'pip install "vsr[openvino]"'
 PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 # OPTIMIZATION_CAPABILITIES entry a device lists when it runs that precision natively.
 CAPABILITIES = {torch.float32: "FP32", torch.bfloat16: "BF16", torch.float16: "FP16"}
-# vsr calls the engine from one thread, one batch at a time.
+# One call at a time (images, tiles, a library user's loop). The cache key names this hint; the
+# streams of :meth:`OpenVinoEngine.concurrent` come from the import configuration, not the file.
 PERFORMANCE_HINT = "LATENCY"
+# Streams of OpenVinoEngine.concurrent on a CPU with at least this many inference threads (2 streams
+# measured on 2 cores; see streams_for).
+CPU_STREAMS = 2
 # Bump when what the cached file holds changes meaning.
 BLOB_FORMAT = 1
 _DEVICE = re.compile(r"(cpu|gpu(\.\d+)?|npu)", re.IGNORECASE)
@@ -90,14 +101,27 @@ def is_openvino_only_device(text: str) -> bool:
     return bool(_DEVICE.fullmatch(text)) and text.lower() != "cpu"
 
 
-def compile_config(ov_device: str, dtype: torch.dtype, threads: int | None) -> dict[str, Any]:
-    """The properties vsr compiles (and imports) a model with on ``ov_device``."""
+def compile_config(ov_device: str, dtype: torch.dtype, threads: int | None, streams: int = 1) -> dict[str, Any]:
+    """The properties vsr compiles (and imports) a model with on ``ov_device``: one stream
+    (``PERFORMANCE_HINT=LATENCY``), or ``streams`` > 1 (``THROUGHPUT`` with that many streams,
+    which share ``threads``)."""
     if dtype not in PRECISION_HINTS:
         raise UsageError(f"OpenVINO runs fp32, bf16 or fp16, not {dtype}")
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[dtype], "PERFORMANCE_HINT": PERFORMANCE_HINT}
+    if streams > 1:
+        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=int(streams))
     if ov_device == "CPU" and threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
+
+
+def streams_for(ov_device: str, threads: int | None) -> int:
+    """Streams (concurrent calls) a video run uses: ``CPU_STREAMS`` of one or more threads each on
+    a CPU with that many inference threads, else 1. Measured on 2 cores only (docs/BENCHMARKS.md);
+    on more cores each stream gets ``threads // CPU_STREAMS`` threads. GPUs and NPUs: 1 (not run here)."""
+    if ov_device != "CPU" or not threads:
+        return 1
+    return CPU_STREAMS if threads >= CPU_STREAMS else 1
 
 
 def blob_key(digest: str, *, ov_device: str, device_name: str, dtype: torch.dtype, shape: tuple[int, ...] | None, version: str) -> str:
@@ -218,6 +242,11 @@ class OpenVinoEngine:
             self._compiled = core.import_model(self.path.read_bytes(), self.ov_device, compile_config(self.ov_device, dtype, self.threads))
             self._request = self._compiled.create_infer_request()
             self._lock = threading.Lock()
+            self._core = core
+        # How many calls concurrent() lets run at once; its streams are imported on first use.
+        self.parallel_calls = streams_for(self.ov_device, self.threads)
+        self._streams: tuple[Any, queue.Queue] | None = None  # (compiled model, free infer requests)
+        self._pool: queue.Queue | None = None  # the free requests while concurrent() is held
         log.info("%s", self.describe())
 
     def describe(self) -> str:
@@ -234,11 +263,43 @@ class OpenVinoEngine:
         check_input(x, self.spec, self.input_shape, self.name)
         return run_fixed(x, self.input_shape, self.spec.scale, self._infer)
 
+    @contextlib.contextmanager
+    def concurrent(self) -> Iterator[int]:
+        """Up to ``parallel_calls`` calls at once while held; yields that number.
+
+        With more than one, calls run on the ``THROUGHPUT`` import of the same file (see the module
+        docstring), each on an infer request of its own; the import is made on first use and kept.
+        With one, nothing changes. Calls made outside it run one at a time on the single stream.
+        """
+        if self.parallel_calls < 2:
+            yield 1
+            return
+        with self._lock:
+            if self._request is None:
+                raise RuntimeError("OpenVinoEngine used after close()")
+            if self._streams is None:
+                with kept_sigaltstack():
+                    config = compile_config(self.ov_device, self.compute_dtype, self.threads, self.parallel_calls)
+                    compiled = self._core.import_model(self.path.read_bytes(), self.ov_device, config)
+                    free: queue.Queue = queue.Queue()
+                    for _ in range(self.parallel_calls):
+                        free.put(compiled.create_infer_request())
+                self._streams = (compiled, free)
+                log.info("openvino %s: %d streams for concurrent calls", self.ov_device, self.parallel_calls)
+            self._pool = self._streams[1]
+        try:
+            yield self.parallel_calls
+        finally:
+            with self._lock:
+                self._pool = None
+
     def close(self) -> None:
-        """Drop the compiled model and its request; the engine is unusable afterwards."""
+        """Drop the compiled models and their requests; the engine is unusable afterwards."""
         with self._lock:
             self._request = None
             self._compiled = None
+            self._streams = None
+            self._pool = None
 
     def __repr__(self) -> str:
         return f"OpenVinoEngine({self.spec.describe()}, {self.describe()})"
@@ -247,22 +308,35 @@ class OpenVinoEngine:
         n, _, height, width = x.shape
         s = self.spec.scale
         y = torch.empty((n, self.spec.out_channels, height * s, width * s), dtype=torch.float32)
-        ov = self._ov
-        with self._lock:
-            request = self._request
-            if request is None:
-                raise RuntimeError("OpenVinoEngine used after close()")
-            # Shared memory both ways: OpenVINO reads x and writes y in place, no copies.
-            request.set_input_tensor(ov.Tensor(x.numpy(), shared_memory=True))
-            request.set_output_tensor(ov.Tensor(y.numpy(), shared_memory=True))
-            try:
-                request.infer()
-            except RuntimeError as err:
-                if is_out_of_memory(str(err)):
-                    first = str(err).strip().splitlines()[-1] if str(err).strip() else "allocation failed"
-                    raise torch.OutOfMemoryError(f"OpenVINO on {self.ov_device} is out of memory ({first})") from err
-                raise
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._request is None:
+                    raise RuntimeError("OpenVinoEngine used after close()")
+                self._run_request(self._request, x, y)
+            return y
+        request = pool.get()  # a stream of its own; blocks while every stream is busy
+        try:
+            self._run_request(request, x, y)
+        finally:
+            pool.put(request)
         return y
+
+    def _run_request(self, request, x: torch.Tensor, y: torch.Tensor) -> None:
+        ov = self._ov
+        # Shared memory both ways: OpenVINO reads x and writes y in place, no copies.
+        request.set_input_tensor(ov.Tensor(x.numpy(), shared_memory=True))
+        request.set_output_tensor(ov.Tensor(y.numpy(), shared_memory=True))
+        try:
+            # start_async + wait rather than infer(): the waiting thread then sleeps instead of
+            # spending about 0.1 ms of CPU per call (measured with THROUGHPUT streams).
+            request.start_async()
+            request.wait()
+        except RuntimeError as err:
+            if is_out_of_memory(str(err)):
+                first = str(err).strip().splitlines()[-1] if str(err).strip() else "allocation failed"
+                raise torch.OutOfMemoryError(f"OpenVINO on {self.ov_device} is out of memory ({first})") from err
+            raise
 
 
 @contextlib.contextmanager

@@ -111,8 +111,9 @@ class ThreadCpu:
     Groups: the calling thread (the pipeline's compute thread: network calls, colour conversion,
     padding); the other threads alive before the block (the network's thread pool: OpenVINO's,
     torch's OpenMP workers); Python threads started in the block, by name (``vsr-decode``,
-    ``vsr-encode``); and other threads started in the block (the encoder's and decoder's own:
-    x264's, FFmpeg's). Threads are sampled every ``interval`` seconds, so a thread that starts and
+    ``vsr-encode``; the ``vsr-compute_N`` threads that call an engine with concurrent calls, such
+    as OpenVINO's CPU streams, as one group: they then do the calling thread's work); and other
+    threads started in the block (the encoder's and decoder's own: x264's, FFmpeg's). Threads are sampled every ``interval`` seconds, so a thread that starts and
     ends between two samples is missed (the encoder's threads live for the whole run).
     """
 
@@ -166,6 +167,8 @@ class ThreadCpu:
                 group = "compute thread (network calls, colour, padding)"
             elif tid in self.base:
                 group = "threads alive before the run (the network's pool)"
+            elif self._names.get(tid, "").startswith("vsr-compute"):
+                group = "vsr-compute threads (network calls, colour, padding)"
             elif self._names.get(tid, "").startswith("vsr-"):
                 group = f"{self._names[tid]} thread"
             else:

@@ -39,7 +39,8 @@ def test_thread_cpu_puts_each_thread_in_its_group():
         with bench_video.ThreadCpu(interval=0.01) as cpu:
             _spin(0.3)  # the calling thread
             started = [threading.Thread(target=_spin, args=(0.2, release), name="vsr-encode"),
-                       threading.Thread(target=_spin, args=(0.1, release), name="Dummy-codec")]
+                       threading.Thread(target=_spin, args=(0.1, release), name="Dummy-codec"),
+                       *(threading.Thread(target=_spin, args=(0.1, release), name=f"vsr-compute_{i}") for i in range(2))]
             for t in started:
                 t.start()
             deadline = time.monotonic() + 20
@@ -52,6 +53,7 @@ def test_thread_cpu_puts_each_thread_in_its_group():
     # few ticks of what its threads spun.
     assert groups["compute thread (network calls, colour, padding)"] == pytest.approx(0.3, abs=0.05)
     assert groups["vsr-encode thread"] == pytest.approx(0.2, abs=0.05)
+    assert groups["vsr-compute threads (network calls, colour, padding)"] == pytest.approx(0.2, abs=0.05)  # both, as one
     assert groups["threads started by the codecs (x264's, FFmpeg's)"] == pytest.approx(0.1, abs=0.05)
     assert groups["threads alive before the run (the network's pool)"] <= 0.3
 

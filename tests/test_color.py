@@ -112,10 +112,12 @@ def test_round_trip_of_swscale_frames(bits, layout):
 
 @pytest.mark.parametrize("layout", ["420", "422", "440", "444"])
 @pytest.mark.parametrize("bits", [8, 10, 16])
-def test_random_planes_round_trip_exactly(layout, bits):
-    # Any codes at all (most are outside the RGB cube), odd sizes: nothing but rounding may differ.
+@pytest.mark.parametrize("size", [(37, 53), (36, 54)], ids=["odd", "even"])
+def test_random_planes_round_trip_exactly(layout, bits, size):
+    # Any codes at all (most are outside the RGB cube): nothing but rounding may differ. Odd and
+    # even sides take different chroma averaging code (avg_pool2d; sums of strided halves).
     sub_y, sub_x = CHROMA[layout]
-    h, w = 37, 53
+    h, w = size
     gen = torch.Generator().manual_seed(bits)
     top = (1 << bits) - 1
     dtype = torch.uint8 if bits == 8 else torch.int32
@@ -128,6 +130,22 @@ def test_random_planes_round_trip_exactly(layout, bits):
         for a, b in zip(got, (y, u, v)):
             assert a.dtype == dtype
             assert max_diff(a, b) == 0
+
+
+def test_chroma_block_average_matches_avg_pool_on_even_and_odd_sides():
+    # The even-side fast path of rgb_to_yuv's chroma average against avg_pool2d's block means.
+    from vsr.kernels.yuv import _box_average
+
+    gen = torch.Generator().manual_seed(3)
+    for h, w in ((36, 54), (37, 53), (36, 53), (37, 54)):
+        x = torch.rand(2, 3, h, w, generator=gen)
+        kept = x.clone()
+        for sub in ((2, 2), (1, 2), (2, 1)):
+            want = torch.nn.functional.avg_pool2d(x, sub, ceil_mode=True)
+            got = _box_average(x, *sub)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), (h, w, sub)
+        assert torch.equal(x, kept)  # the caller's frame is left as it was
+    assert _box_average(x, 1, 1) is x
 
 
 def test_chroma_upsampling_is_linear_and_smooth():

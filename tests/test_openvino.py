@@ -121,6 +121,61 @@ def test_compile_config_always_names_the_precision():
     assert ove.compile_config("GPU", torch.float16, 2) == {"INFERENCE_PRECISION_HINT": "f16", "PERFORMANCE_HINT": "LATENCY"}
     with pytest.raises(UsageError):
         ove.compile_config("CPU", torch.float64, None)
+    # The streams of concurrent(): THROUGHPUT with that many streams, which share the threads.
+    assert ove.compile_config("CPU", torch.bfloat16, 2, streams=2) == {
+        "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 2,
+    }
+
+
+def test_streams_rule():
+    # Two streams wherever there are two threads for them on a CPU; one elsewhere (GPU/NPU: not run here).
+    assert [ove.streams_for("CPU", t) for t in (None, 1, 2, 3, 16)] == [1, 1, 2, 2, 2]
+    assert ove.streams_for("GPU", 8) == 1 and ove.streams_for("NPU", 4) == 1
+
+
+def test_concurrent_calls_run_on_streams_of_their_own_and_agree():
+    # A video run calls the engine from two compute threads at once; each call gets an infer
+    # request of its own on the THROUGHPUT import, and the pictures are those of the one-stream
+    # model and of torch.
+    import threading
+
+    model = tiny_srvgg(seed=11)
+    engine = OpenVinoEngine(model, threads=2)
+    x = photos(32, 48)[:1].repeat(6, 1, 1, 1) * torch.linspace(0.5, 1.0, 6).view(6, 1, 1, 1)
+    one_stream = [engine(x[i : i + 1]) for i in range(6)]
+    assert engine.parallel_calls == 2 and engine._streams is None  # nothing imported yet
+    out: dict[int, torch.Tensor] = {}
+    inside = threading.Barrier(2, timeout=30)
+
+    def call(i: int) -> None:
+        if i < 2:
+            inside.wait()  # both threads start their first call together
+        out[i] = engine(x[i : i + 1])
+
+    with engine.concurrent() as workers:
+        assert workers == 2
+        compiled, free = engine._streams
+        assert str(compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT" and int(compiled.get_property("NUM_STREAMS")) == 2
+        assert free.qsize() == 2
+        threads = [threading.Thread(target=lambda k=k: [call(i) for i in range(k, 6, 2)]) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert free.qsize() == 2  # every request went back
+    assert engine._pool is None and engine._streams is not None  # kept for the next run
+    want = reference(model, x)
+    for i in range(6):
+        assert psnr(quantize(out[i], 8)[0].float(), quantize(one_stream[i], 8)[0].float()) >= 60
+        assert psnr(quantize(out[i], 8)[0].float(), want[i].float()) >= 60
+    engine.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        with engine.concurrent():
+            pass
+    single = OpenVinoEngine(model, threads=1)
+    with single.concurrent() as workers:
+        assert workers == 1 and single._streams is None
+    single.close()
 
 
 # --------------------------------------------------------------------------- devices
@@ -219,9 +274,9 @@ def test_vsr_run_with_openvino_agrees_with_torch(tmp_path, capsys, tiny_file, cl
     for backend in ("torch", "openvino"):
         outs[backend] = tmp_path / f"{backend}.mkv"
         code, err = run(capsys, "run", clip, outs[backend], "--model", tiny_file, "--backend", backend, "--precision", "fp32", "--progress", "none",
-                        "--encoder-opt", "qp=0", "-v")
+                        "--encoder-opt", "qp=0", "--threads", "2", "-v")
         assert code == 0, err
-    assert "openvino CPU, fp32" in err
+    assert "openvino CPU, fp32" in err and "2 streams for concurrent calls" in err  # two compute threads
     a, b = media.decode_frames(outs["torch"]), media.decode_frames(outs["openvino"])
     assert len(a) == len(b) == 6
     for fa, fb in zip(a, b, strict=True):
@@ -298,6 +353,8 @@ class _CountsThreads:
     def __init__(self, inner):
         self.inner, self.spec, self.device, self.dtype = inner, inner.spec, inner.device, inner.dtype
         self.cpu_thread_pool = getattr(inner, "cpu_thread_pool", False)
+        if hasattr(inner, "concurrent"):  # OpenVINO: the run's compute threads call it
+            self.concurrent = inner.concurrent
         self.counts: list[int] = []
 
     def __call__(self, x):
@@ -311,7 +368,7 @@ class _CountsThreads:
 def test_torch_glue_runs_on_one_thread_while_openvino_computes(tmp_path, clip):
     # torch's OpenMP workers spin after each op and took the cores OpenVINO's own pool needs
     # (measured: 80 vs 118 frames/s at 96x64); during a run with OpenVINO torch has one thread,
-    # in the compute thread and the encode thread alike, and gets its count back afterwards.
+    # in the compute threads and the encode thread alike, and gets its count back afterwards.
     from vsr.engines import TorchEngine
     from vsr.pipeline import VideoJob, run_video
 

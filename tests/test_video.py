@@ -26,6 +26,7 @@ from helpers import leftovers, one_line_error, psnr, run, tiny_rrdb, tiny_srvgg
 from vsr import color
 from vsr.engines import TorchEngine
 from vsr.kernels.yuv import rgb_to_yuv, yuv_to_rgb
+from vsr.media.encode import EncodeSettings
 from vsr.upscale import Upscaler
 
 SCALE = 4
@@ -444,3 +445,74 @@ def test_channel_bounds_frames_but_not_packets():
     ch.close()
     got = [ch.get() for _ in range(102)]
     assert got[0] == "f2" and got[-1] == "f3" and Channel.is_end(ch.get())
+
+
+def test_groups_computed_on_several_threads_come_out_in_order():
+    # OpenVINO's CPU streams let a run compute groups on several threads; the encoder must still
+    # get them in decode order, whichever finishes first.
+    import threading
+
+    from vsr.pipeline import in_order
+
+    made, started = [], []
+
+    def make():
+        made.append(threading.current_thread().name)
+
+        def compute(group):
+            started.append(group[0])
+            time.sleep(0.03 if group[0] % 3 == 0 else 0.001)  # every third group finishes late
+            return ("done", group[0], threading.current_thread().name)
+
+        return compute
+
+    out = list(in_order(([i, i] for i in range(12)), make, 3))
+    assert [(r[1], n) for r, n in out] == [(i, 2) for i in range(12)]
+    assert len(made) == 3 and all(name.startswith("vsr-compute") for name in made)  # one make() per thread
+    assert len({r[2] for r, _ in out}) == 3
+
+    # An error reaches the caller; groups not yet started are dropped, not computed.
+    started.clear()
+
+    def failing():
+        def compute(group):
+            started.append(group[0])
+            if group[0] == 2:
+                raise ValueError("group 2 failed")
+            time.sleep(0.01)
+            return group[0]
+
+        return compute
+
+    with pytest.raises(ValueError, match="group 2 failed"):
+        list(in_order(([i] for i in range(50)), failing, 2))
+    assert max(started) <= 2 + 2 + 1  # at most the workers' and one queued group past the failure
+
+
+def test_openvino_streams_give_the_frames_and_timestamps_of_one_stream(tmp_path):
+    # The run on two compute threads (OpenVINO streams) against the same run on one: every frame
+    # in order at its timestamp, the audio packets, and the same pictures (fp32; the two imports
+    # may sum in other orders, so within a code or so).
+    pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
+    from vsr.engines.openvino_engine import OpenVinoEngine
+    from vsr.pipeline import VideoJob, run_video
+
+    src = media.make_clip(tmp_path / "src.mp4", frames=14, size=(40, 24), rate=Fraction(30000, 1001), audio="aac")
+    engine = OpenVinoEngine(tiny_srvgg(seed=4), threads=2)
+    outs = {}
+    for calls in (1, 2):
+        engine.parallel_calls = calls
+        outs[calls] = tmp_path / f"calls{calls}.mkv"
+        run_video(VideoJob(src, outs[calls], settings=EncodeSettings(options=(("qp", "0"),))), Upscaler(engine, batch=1))
+    assert engine._streams is not None  # the second run computed on the streams' import
+    engine.close()
+    assert engine._streams is None
+    a, b = media.decode_frames(outs[1]), media.decode_frames(outs[2])
+    assert len(a) == len(b) == 14
+    assert [f.pts for f in a] == [f.pts for f in b]
+    for fa, fb in zip(a, b, strict=True):
+        assert psnr(media.planes(fa)[0], media.planes(fb)[0]) >= 50
+    with av.open(str(outs[1])) as x, av.open(str(outs[2])) as y:
+        pa = [(p.pts, bytes(p)) for p in x.demux(audio=0) if p.size]
+        pb = [(p.pts, bytes(p)) for p in y.demux(audio=0) if p.size]
+    assert pa == pb and len(pa) > 5

@@ -15,11 +15,13 @@ published (renamed from ``<output>.partial``) only after that.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -387,9 +389,8 @@ def _raise_stage_errors(stages: list[Stage]) -> None:
 
 
 def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, colour, planar_fmt: str, plan: VideoPlan) -> None:
-    """The calling thread's loop: batches of ``upscaler.batch`` frames through the network;
+    """The calling thread's loop: batches of frames through the network (:func:`compute_groups`);
     copied packets are passed on to the encode thread as they come."""
-    compute = BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan)
 
     def frames() -> Iterator[Frame]:
         while True:
@@ -401,8 +402,56 @@ def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, colour, pl
             else:
                 yield item
 
-    for group in frame_batches(frames(), upscaler.batch):
-        computed.put(compute(group), len(group))
+    compute_groups(frames(), upscaler, lambda: BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan), computed.put)
+
+
+def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[], Callable], put: Callable[[object, int], None]) -> None:
+    """``put(make()(group), len(group))`` for consecutive groups of ``upscaler.batch`` frames, in
+    order (a video run's and a ``vsr batch`` segment's compute step).
+
+    On the calling thread; or, with an engine that runs several calls at once
+    (``engine.concurrent()``: OpenVINO's CPU streams), on that many compute threads
+    (:func:`in_order`), so that the network's streams never wait for one another."""
+    concurrent = getattr(upscaler.engine, "concurrent", None)
+    with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
+        groups = frame_batches(frames, upscaler.batch)
+        if workers > 1:
+            with contextlib.closing(in_order(groups, make, workers)) as results:
+                for result, n in results:
+                    put(result, n)
+            return
+        compute = make()
+        for group in groups:
+            put(compute(group), len(group))
+
+
+def in_order(groups: Iterable[list[Frame]], make: Callable[[], Callable], workers: int) -> Iterator[tuple[object, int]]:
+    """``(make()(group), len(group))`` for each group, in order, computed by ``workers`` threads
+    (``vsr-compute_N``, each with its own ``make()``) while the caller hands results on.
+
+    One group more than ``workers`` is submitted before the oldest is awaited, so a compute thread
+    that finishes never waits for the caller to give it the next group."""
+    local = threading.local()
+
+    def work(group: list[Frame]):
+        if not hasattr(local, "compute"):
+            local.compute = make()
+        return local.compute(group)
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="vsr-compute") as pool:
+        try:
+            for group in groups:
+                pending.append((pool.submit(work, group), len(group)))
+                if len(pending) > workers:
+                    future, n = pending.popleft()
+                    yield future.result(), n
+            while pending:
+                future, n = pending.popleft()
+                yield future.result(), n
+        finally:
+            for future, _ in pending:  # an error or a stop: drop what has not started
+                future.cancel()
 
 
 def frame_batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:

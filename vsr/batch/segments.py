@@ -50,7 +50,7 @@ from ..media.encode import EncodeSettings, Muxer, container_format
 from ..media.plan import PictureOptions
 from ..media.trim import Trim
 from ..paths import publish
-from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, cuda_index, frame_batches, plan_output, write_batch
+from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, compute_groups, cuda_index, plan_output, write_batch
 from ..upscale import Upscaler
 
 log = logging.getLogger(__name__)
@@ -442,9 +442,10 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
 
 
 def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, plan, on_frame) -> int:
-    """Batches through the network on this thread; encoding on a second thread, joined by the
-    pipeline's bounded channel (PyAV and torch release the GIL, so they overlap). Returns the
-    number of frames decoded."""
+    """Batches through the network (:func:`vsr.pipeline.compute_groups`: on this thread, or on an
+    engine's concurrent compute threads); encoding on a second thread, joined by the pipeline's
+    bounded channel (PyAV and torch release the GIL, so they overlap). Returns the number of frames
+    decoded."""
     stop = threading.Event()
     computed = Channel(QUEUE_FRAMES + upscaler.batch, stop)
 
@@ -452,14 +453,19 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
         while not Channel.is_end(item := computed.get()):
             write_batch(muxer, item, on_frame)
 
+    def put(item, n: int) -> None:
+        nonlocal count
+        count += n
+        computed.put(item, n)
+
     stage = Stage("segment-encode", encode, stop, computed.wake)
     stage.start()
-    compute = BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan)
     count = 0
     try:
-        for group in frame_batches(frames, upscaler.batch):
-            count += len(group)
-            computed.put(compute(group), len(group))
+        # As vsr run: torch's glue on one thread beside a CPU engine's own pool, and the engine's
+        # concurrent calls (OpenVINO's streams) on compute threads of their own.
+        with upscaler.glue_threads():
+            compute_groups(frames, upscaler, lambda: BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan), put)
         computed.close()
         stage.join()
     except BaseException as err:

@@ -12,7 +12,7 @@ Rows, in the order they run (cheap first, so a short lease still gets the core o
   real photograph); TFLOP/s from the conv MAC count (DESIGN.md section 9); % peak against the best
   bf16 matmul rate measured in this run, before and after the rows.
 * ``pipeline``: ``vsr.pipeline.run_video`` (what ``vsr run`` calls) on a 960x540 H.264 clip made
-  here from a photograph, into libx264 with vsr's defaults (CRF 18, preset medium), for each network
+  here from a photograph, into libx264 with vsr's defaults (CRF 18, preset faster), for each network
   in fp16 and bf16 (``channels_last``: vsr run's default on CUDA) and fp16 ``graphs``.
 * ``encoder``: the same ``vsr run`` with the network replaced by nearest-neighbour upsampling (no
   compute): libx264 on the same 3840x2160 frames is all that is left, the bound a pipeline row

@@ -286,11 +286,19 @@ def test_sigkill_mid_run_then_resume_redoes_only_unfinished_segments(tmp_path, s
     finished = [p for p in sorted(folder.glob("*.nut")) if piece_status(p, {})[0]]
     assert 1 <= len(finished) < 4
     frames_left = LONG_FRAMES - 12 * len(finished)
+    # Each piece records the encoder and its resolved options; a piece an older vsr encoded under
+    # other defaults (x264 medium) is made again rather than joined with headers that differ.
+    sidecar = finished[0].with_name(finished[0].name + ".json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["encoder"] == {"codec": "libx264", "options": {"preset": "faster", "qp": "0"}}
+    meta["encoder"]["options"]["preset"] = "medium"
+    sidecar.write_text(json.dumps(meta))
+    frames_left += 12
 
     Counting.frames = 0
     summary = run_batch([long_clip], out, make_upscaler=Counting(spec), settings=LOSSLESS, segments=4)
     (row,) = summary.rows
-    assert row.state == "done" and row.segments_reused == len(finished)
+    assert row.state == "done" and row.segments_reused == len(finished) - 1
     assert Counting.frames == frames_left  # only the unfinished segments went through the network
     assert mf.Manifest(out).job(job_id)["state"] == "done"
     assert_same_video(out / "long.mp4", single_run)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputMissing, Interrupted, TransientError, UsageError, VsrError
-from ..media.encode import CONTAINERS, EncodeSettings, container_format
+from ..media.encode import CONTAINERS, EncodeSettings, container_format, encoder_record
 from ..media.plan import PictureOptions
 from ..media.trim import Trim, check_decoder
 from ..progress import Progress
@@ -342,8 +342,8 @@ def run_batch(
         state.frames_planned = index.frames
         state.units_total = len(plan)
         row.segments = len(plan)
-        extra = {"source": fp, "options": options_fp}
         fmt = container_format(job.target)
+        extra = {"source": fp, "options": options_fp, "encoder": encoder_record(fmt, options.settings)}
         folder = output_dir / SEGMENTS_DIR / job.job_id
         state.pieces = [piece_path(folder, seg, fmt) for seg in plan]
         for seg in plan:

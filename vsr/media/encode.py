@@ -35,9 +35,14 @@ CONTAINERS = {
 }
 DEFAULT_CODEC = {"webm": "libvpx-vp9"}  # everything else: libx264
 # Per-encoder defaults; --crf/--preset/--encoder-opt override them. The CRF values aim at
-# "visually lossless" for each encoder's own scale.
+# "visually lossless" for each encoder's own scale. x264's preset is "faster", not x264's own
+# "medium": on vsr's output (network-made frames, two models, four clips; scripts/bench_encoder.py,
+# docs/BENCHMARKS.md "x264 preset") it needs 1-4 % more bits than medium for the same PSNR and 3-7 %
+# fewer for the same SSIM, at 40-42 % of medium's CPU time - time that on a CPU run is taken from
+# the network. What it gives up is psy-rd (x264 keeps it only from subme 6 up), which PSNR and
+# SSIM do not see; --preset medium (or slower) brings it back.
 ENCODER_DEFAULTS = {
-    "libx264": {"crf": "18", "preset": "medium"},
+    "libx264": {"crf": "18", "preset": "faster"},
     "libx265": {"crf": "20", "preset": "medium", "x265-params": "log-level=error"},
     "libsvtav1": {"crf": "30", "preset": "8"},
     "libvpx-vp9": {"crf": "30", "b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"},
@@ -143,6 +148,14 @@ def choose_codec(fmt: str, settings: EncodeSettings) -> str:
     except Exception as err:
         raise UsageError(f"--codec {name}: no such encoder in this FFmpeg build; try libx264, libx265, libsvtav1 or libvpx-vp9") from err
     return name
+
+
+def encoder_record(fmt: str, settings: EncodeSettings) -> dict[str, object]:
+    """The encoder and the options it is opened with for ``fmt``, defaults resolved: what
+    ``vsr batch`` writes beside each segment piece, so that pieces encoded under other defaults
+    (an older vsr) are made again instead of failing the join on their headers."""
+    codec = choose_codec(fmt, settings)
+    return {"codec": codec, "options": encoder_options(codec, crf=settings.crf, preset=settings.preset, extra=settings.options)}
 
 
 def choose_pix_fmt(codec: str, info: VideoInfo, settings: EncodeSettings) -> str:

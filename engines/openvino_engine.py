@@ -23,7 +23,8 @@ and ``streams`` streams that split those threads, one infer request per stream, 
 calls the engine from that many compute threads at once (:func:`vsr.pipeline.run_video`). Why:
 with one stream of two threads, every layer ends at a barrier, and a thread the encoder or the
 colour conversion pre-empts holds the other one there; streams of one thread each never wait for
-one another, so the cores stay busy (measured on 2 cores, docs/BENCHMARKS.md "OpenVINO streams").
+one another, so the cores stay busy (measured on 2 cores: docs/BENCHMARKS.md, "What reached the
+96x64 target").
 
 Devices. ``device`` takes OpenVINO's names: ``CPU`` (also ``cpu``/``auto``), ``GPU``, ``GPU.N``,
 ``NPU``. Only the CPU has been run in this project; GPU and NPU are passed to OpenVINO as they are.

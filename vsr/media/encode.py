@@ -38,7 +38,7 @@ DEFAULT_CODEC = {"webm": "libvpx-vp9"}  # everything else: libx264
 # "visually lossless" for each encoder's own scale. x264's preset is "faster", not x264's own
 # "medium": on vsr's output (network-made frames, two models, four clips; scripts/bench_encoder.py,
 # docs/BENCHMARKS.md "x264 preset") it needs 1-4 % more bits than medium for the same PSNR and 3-7 %
-# fewer for the same SSIM, at 40-42 % of medium's CPU time - time that on a CPU run is taken from
+# fewer for the same SSIM, at 39-45 % of medium's CPU time - time that on a CPU run is taken from
 # the network. What it gives up is psy-rd (x264 keeps it only from subme 6 up), which PSNR and
 # SSIM do not see; --preset medium (or slower) brings it back.
 ENCODER_DEFAULTS = {

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_video import _size, make_clip  # noqa: E402  (scripts/ is not a package)
+from bench_video import add_clip_arguments, clip_of  # noqa: E402  (scripts/ is not a package)
 
 RATE = Fraction(24)  # nominal frame rate of the test encodes (x264's rate control reads it)
 
@@ -148,10 +147,7 @@ def _ints(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--clip", type=Path, help="the clip (default samples/sample.mp4)")
-    src.add_argument("--make-clip", type=_size, metavar="WxH", help="make a clip of this size with tests/media.py instead")
-    parser.add_argument("--frames", type=int, default=120, help="frames of --make-clip (default 120)")
+    add_clip_arguments(parser)
     parser.add_argument("--model", default="realesr-animevideov3")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--presets", default="medium,fast,faster,veryfast", help="x264 presets; the first is the BD-rate base")
@@ -164,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--crfs needs at least 4 values (BD-rate fits a cubic)")
 
     with tempfile.TemporaryDirectory() as tmp:
-        clip = make_clip(Path(tmp), args.make_clip, args.frames) if args.make_clip else (args.clip or ROOT / "samples" / "sample.mp4")
+        clip = clip_of(args, Path(tmp))
         frames = upscaled_reference(clip, Path(tmp), model=args.model, backend=args.backend)
     rows = measure(frames, presets, args.crfs, args.ssim_every)
     at_crf = 18 if 18 in args.crfs else args.crfs[len(args.crfs) // 2]

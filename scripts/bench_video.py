@@ -95,6 +95,19 @@ def make_clip(folder: Path, size: tuple[int, int], frames: int) -> Path:
     return media.make_clip(Path(folder) / f"clip-{size[0]}x{size[1]}-{frames}.mp4", size=size, frames=frames, audio="aac", photo="astronaut")
 
 
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--clip PATH`` or ``--make-clip WxH`` (with ``--frames N``): the clip a script runs."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--clip", type=Path, help="the clip (default samples/sample.mp4)")
+    src.add_argument("--make-clip", type=_size, metavar="WxH", help="make a clip of this size with tests/media.py instead")
+    parser.add_argument("--frames", type=int, default=120, help="frames of --make-clip (default 120)")
+
+
+def clip_of(args: argparse.Namespace, folder: Path) -> Path:
+    """The clip :func:`add_clip_arguments` asked for (a made one is written into ``folder``)."""
+    return make_clip(folder, args.make_clip, args.frames) if args.make_clip else (args.clip or ROOT / "samples" / "sample.mp4")
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -178,10 +191,7 @@ class ThreadCpu:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--clip", type=Path, help="the clip (default samples/sample.mp4)")
-    src.add_argument("--make-clip", type=_size, metavar="WxH", help="make a clip of this size with tests/media.py instead")
-    parser.add_argument("--frames", type=int, default=120, help="frames of --make-clip (default 120)")
+    add_clip_arguments(parser)
     parser.add_argument("--model", default="realesrgan-x4plus")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto")
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from vsr.runtime import build_upscaler, usable_cores
 
     with tempfile.TemporaryDirectory() as tmp:
-        clip = make_clip(Path(tmp), args.make_clip, args.frames) if args.make_clip else (args.clip or ROOT / "samples" / "sample.mp4")
+        clip = clip_of(args, Path(tmp))
         upscaler = build_upscaler(
             model=args.model, device=args.device, precision=args.precision, backend=args.backend, tile=args.tile,
             batch=args.batch, threads=args.threads,

@@ -164,3 +164,25 @@ def package_folders() -> dict:
     repo = Path(__file__).resolve().parents[1]
     mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     return {package: repo / folder for package, folder in mapping.items()}
+
+
+def run_bench_script(script: str, folder, vsr_home, *args: str, seed: int = 1) -> dict:
+    """``python scripts/<script> --model <tiny SRVGG checkpoint> ARGS --json`` as a user runs it
+    (a fresh process, ``VSR_HOME`` set, the checkout on ``PYTHONPATH``); its JSON line, parsed.
+    Fails the test on a non-zero exit, with the script's stderr."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    model = Path(folder) / f"tiny-{seed}.pth"
+    torch.save({"params_ema": tiny_srvgg(seed=seed).state_dict()}, model)
+    env = dict(os.environ, VSR_HOME=str(vsr_home), PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / script), "--model", str(model), *args, "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

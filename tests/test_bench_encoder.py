@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import tiny_srvgg
+from helpers import run_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -32,16 +28,8 @@ def test_bd_rate_of_curves_with_a_known_gap():
 
 
 def test_small_run_reports_curves_and_bd_rates(tmp_path, vsr_home):
-    model = tmp_path / "tiny.pth"
-    torch.save({"params_ema": tiny_srvgg(seed=2).state_dict()}, model)
-    env = dict(os.environ, VSR_HOME=str(vsr_home), PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_encoder.py"), "--model", str(model), "--make-clip", "48x32", "--frames", "6",
-         "--backend", "torch", "--presets", "medium,ultrafast", "--crfs", "14,20,26,32", "--ssim-every", "1", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = run_bench_script("bench_encoder.py", tmp_path, vsr_home, "--make-clip", "48x32", "--frames", "6", "--backend", "torch",
+                            "--presets", "medium,ultrafast", "--crfs", "14,20,26,32", "--ssim-every", "1", seed=2)
     assert data["size"] == "192x128" and data["frames"] == 6
     assert [(r["preset"], r["crf"]) for r in data["rows"]] == [(p, c) for p in ("medium", "ultrafast") for c in (14, 20, 26, 32)]
     for preset in ("medium", "ultrafast"):

@@ -3,18 +3,14 @@ the thread accounting it rests on."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import tiny_srvgg
+from helpers import run_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -67,16 +63,8 @@ def _all_idle(threads: list[threading.Thread]) -> bool:
 
 
 def test_small_run_reports_every_row_and_the_breakdown(tmp_path, vsr_home):
-    model = tmp_path / "tiny.pth"
-    torch.save({"params_ema": tiny_srvgg(seed=1).state_dict()}, model)
-    env = dict(os.environ, VSR_HOME=str(vsr_home), PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_video.py"), "--model", str(model), "--make-clip", "48x32", "--frames", "6",
-         "--repeat", "2", "--backend", "torch", "--cpu-breakdown", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = run_bench_script("bench_video.py", tmp_path, vsr_home, "--make-clip", "48x32", "--frames", "6", "--repeat", "2",
+                            "--backend", "torch", "--cpu-breakdown")
     assert data["frames"] == 6 and data["size"] == "48x32"
     assert [r["what"] for r in data["rows"]] == ["vsr model only", "vsr run (end to end)"]
     assert all(r["fps"] > 0 for r in data["rows"])

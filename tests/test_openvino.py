@@ -401,16 +401,22 @@ def test_torch_glue_runs_on_one_thread_while_openvino_computes(tmp_path, clip):
         torch.set_num_threads(before)
 
 
-def test_auto_backend_on_the_cpu(monkeypatch):
+def test_auto_backend_on_the_cpu(monkeypatch, caplog):
     from vsr.engines.backends import choose_cpu_backend
     from vsr.runtime import resolve_backend
 
     assert choose_cpu_backend(openvino_available=True) == "openvino"
     assert choose_cpu_backend(openvino_available=False) == "torch"
-    assert resolve_backend("auto", "cpu") == ("openvino", torch.device("cpu"), "CPU")  # installed here
+    with caplog.at_level(logging.WARNING, logger="vsr"):
+        assert resolve_backend("auto", "cpu") == ("openvino", torch.device("cpu"), "CPU")  # installed here
+        assert resolve_backend("torch", "cpu")[0] == "torch"  # asked for: nothing to say
+    assert not caplog.records
     monkeypatch.setitem(sys.modules, "openvino", None)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "openvino" else object())
-    assert resolve_backend("auto", "cpu")[0] == "torch"
+    with caplog.at_level(logging.WARNING, logger="vsr"):
+        assert resolve_backend("auto", "cpu")[0] == "torch"
+    # Without OpenVINO the user hears, once per run, where the faster CPU backend is.
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and 'pip install "vsr[openvino]"' in caplog.text
 
 
 def test_upscaled_output_is_float32_on_the_cpu():

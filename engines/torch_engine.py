@@ -50,6 +50,7 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -187,6 +188,28 @@ class TorchEngine:
                 return self._fn(x).clone(memory_format=torch.contiguous_format)
             y = self._fn(x)
             return y.contiguous() if self.channels_last else y
+
+    @contextlib.contextmanager
+    def concurrent(self) -> Iterator[int]:
+        """Two calls at once while held, eager on the CPU with at least 2 torch threads; yields how
+        many (1 elsewhere: CUDA streams, compiled code and CUDA graphs are not shared this way).
+
+        torch's thread count is halved while held (one each on 2 cores), so each of the run's two
+        compute threads computes its own frames on its own share of the cores, and neither waits at
+        the other's layer barriers while x264 takes a core: the reason OpenVINO's CPU streams exist
+        (:meth:`vsr.engines.openvino_engine.OpenVinoEngine.concurrent`). Measured at 96x64 on 2
+        cores: 85.9 against 75.7 frames/s end to end (docs/BENCHMARKS.md). The count is
+        process-wide, as torch's is, and is put back afterwards.
+        """
+        before = torch.get_num_threads()
+        if self.device.type != "cpu" or self.mode != "eager" or before < 2:
+            yield 1
+            return
+        torch.set_num_threads(before // 2)
+        try:
+            yield 2
+        finally:
+            torch.set_num_threads(before)
 
     def close(self) -> None:
         with self._lock:

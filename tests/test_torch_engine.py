@@ -122,6 +122,41 @@ def test_option_resolution():
     assert check_options(compile=True, **(base | {"cuda_graphs": True})) == DEFAULT_COMPILE_MODE
 
 
+def test_concurrent_calls_on_the_cpu_split_torchs_threads():
+    # A video run calls the engine from two compute threads; each gets half of torch's threads
+    # (one on 2 cores), the pictures are those of one call at a time, and the count comes back.
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = TorchEngine(tiny_srvgg(seed=3), device="cpu")
+        x = (torch.from_numpy(crop("astronaut", 100, 150, 24, 32)).permute(2, 0, 1).float() / 255)[None].repeat(4, 1, 1, 1)
+        x = x * torch.linspace(0.6, 1.0, 4).view(4, 1, 1, 1)
+        alone = [engine(x[i : i + 1]) for i in range(4)]
+        out, counts = {}, []
+
+        def call(i):
+            counts.append(torch.get_num_threads())
+            out[i] = engine(x[i : i + 1])
+
+        with engine.concurrent() as workers:
+            assert workers == 2 and torch.get_num_threads() == 1
+            threads = [threading.Thread(target=lambda k=k: [call(i) for i in range(k, 4, 2)]) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert torch.get_num_threads() == 2 and counts == [1] * 4
+        for i in range(4):
+            assert psnr(quantize(out[i], 8).float(), quantize(alone[i], 8).float()) >= 60
+        torch.set_num_threads(1)
+        with engine.concurrent() as workers:  # nothing to split
+            assert workers == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_close_makes_the_engine_unusable():
     engine = TorchEngine(tiny_srvgg(), device="cpu")
     engine.close()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -489,24 +490,54 @@ def test_groups_computed_on_several_threads_come_out_in_order():
     assert max(started) <= 2 + 2 + 1  # at most the workers' and one queued group past the failure
 
 
-def test_openvino_streams_give_the_frames_and_timestamps_of_one_stream(tmp_path):
-    # The run on two compute threads (OpenVINO streams) against the same run on one: every frame
-    # in order at its timestamp, the audio packets, and the same pictures (fp32; the two imports
-    # may sum in other orders, so within a code or so).
-    pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
-    from vsr.engines.openvino_engine import OpenVinoEngine
+class _NamesCallers:
+    """An engine wrapper that records which thread makes each call; with ``concurrent=False`` the
+    pipeline sees an engine without ``concurrent()`` (every call from one thread)."""
+
+    def __init__(self, inner, *, concurrent: bool):
+        self.inner, self.spec, self.device, self.dtype = inner, inner.spec, inner.device, inner.dtype
+        self.cpu_thread_pool = getattr(inner, "cpu_thread_pool", False)
+        if concurrent:
+            self.concurrent = inner.concurrent
+        self.callers: list[str] = []
+
+    def __call__(self, x):
+        self.callers.append(threading.current_thread().name)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "torch"])
+def test_concurrent_compute_gives_the_frames_and_timestamps_of_one_thread(tmp_path, backend):
+    # A CPU run on two compute threads (OpenVINO streams; torch with half its threads each)
+    # against the same run on one: every frame in order at its timestamp, the audio packets, and
+    # the same pictures (fp32; the two ways may sum in other orders, so within a code or so).
     from vsr.pipeline import VideoJob, run_video
 
-    src = media.make_clip(tmp_path / "src.mp4", frames=14, size=(40, 24), rate=Fraction(30000, 1001), audio="aac")
-    engine = OpenVinoEngine(tiny_srvgg(seed=4), threads=2)
-    outs = {}
-    for calls in (1, 2):
-        engine.parallel_calls = calls
-        outs[calls] = tmp_path / f"calls{calls}.mkv"
-        run_video(VideoJob(src, outs[calls], settings=EncodeSettings(options=(("qp", "0"),))), Upscaler(engine, batch=1))
-    assert engine._streams is not None  # the second run computed on the streams' import
-    engine.close()
-    assert engine._streams is None
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if backend == "openvino":
+            pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
+            from vsr.engines.openvino_engine import OpenVinoEngine
+
+            engine = OpenVinoEngine(tiny_srvgg(seed=4), threads=2)
+        else:
+            engine = TorchEngine(tiny_srvgg(seed=4), device="cpu")
+        src = media.make_clip(tmp_path / "src.mp4", frames=14, size=(40, 24), rate=Fraction(30000, 1001), audio="aac")
+        outs, callers = {}, {}
+        for calls in (1, 2):
+            outs[calls] = tmp_path / f"calls{calls}.mkv"
+            wrapped = _NamesCallers(engine, concurrent=calls == 2)
+            run_video(VideoJob(src, outs[calls], settings=EncodeSettings(options=(("qp", "0"),))), Upscaler(wrapped, batch=1))
+            callers[calls] = set(wrapped.callers)
+        assert callers[1] == {threading.current_thread().name}
+        assert len(callers[2]) == 2 and all(name.startswith("vsr-compute") for name in callers[2])
+        if backend == "openvino":
+            assert engine._streams is not None  # the second run computed on the streams' import
+        engine.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     a, b = media.decode_frames(outs[1]), media.decode_frames(outs[2])
     assert len(a) == len(b) == 14
     assert [f.pts for f in a] == [f.pts for f in b]

@@ -74,7 +74,7 @@ def resolve_backend(backend: str, device_text: str) -> tuple[str, torch.device, 
         if chosen == "torch":
             # Said at the default verbosity: the user did not choose torch, and the faster engine is one install away.
             log.warning('the network runs on torch on the CPU; pip install "vsr[openvino]" gives the faster OpenVINO backend '
-                        "(1.1-1.25x end to end and model only on the CPU measured: docs/BENCHMARKS.md)")
+                        "(1.05-1.15x on the CPU measured: docs/BENCHMARKS.md)")
         return chosen, device, "CPU"
     return choose_backend(backend, device), device, "CPU"
 

@@ -5,7 +5,10 @@ Three stages run at once, joined by bounded channels so memory stays flat howeve
 * the decode thread demuxes the input once, decoding video frames and passing the packets of the
   copied streams along in file order;
 * the calling thread batches frames, converts them to RGB on the engine's device, upscales them
-  and converts back to the output's planes (torch releases the GIL while it computes);
+  and converts back to the output's planes (torch releases the GIL while it computes); with an
+  engine that runs several calls at once on the CPU (OpenVINO's streams, torch with its threads
+  split), that many compute threads do this for successive groups and the calling thread passes
+  their results on in order (:func:`compute_groups`);
 * the encode thread encodes frames with their input timestamps and muxes the copied packets.
 
 PyAV releases the GIL while it decodes, encodes and muxes, so the two I/O threads run beside the
@@ -410,8 +413,9 @@ def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[
     order (a video run's and a ``vsr batch`` segment's compute step).
 
     On the calling thread; or, with an engine that runs several calls at once
-    (``engine.concurrent()``: OpenVINO's CPU streams), on that many compute threads
-    (:func:`in_order`), so that the network's streams never wait for one another."""
+    (``engine.concurrent()`` yielding more than 1: OpenVINO's CPU streams, torch eager on the CPU
+    with its threads split), on that many compute threads (:func:`in_order`), so that the
+    network's streams never wait for one another."""
     concurrent = getattr(upscaler.engine, "concurrent", None)
     with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
         groups = frame_batches(frames, upscaler.batch)

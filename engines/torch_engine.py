@@ -153,6 +153,7 @@ class TorchEngine:
         self._pool = None
         self._replayed: torch.cuda.Event | None = None  # end of the last replay and its output clone
         self._lock = threading.Lock()
+        self.calls_at_once = 1  # 2 while concurrent() is held (the Upscaler shares memory out by it)
         log.info("%s", self.describe())
 
     # ------------------------------------------------------------------ protocol
@@ -206,9 +207,11 @@ class TorchEngine:
             yield 1
             return
         torch.set_num_threads(before // 2)
+        self.calls_at_once = 2
         try:
             yield 2
         finally:
+            self.calls_at_once = 1
             torch.set_num_threads(before)
 
     def close(self) -> None:

@@ -153,7 +153,7 @@ def test_concurrent_calls_run_on_streams_of_their_own_and_agree():
         out[i] = engine(x[i : i + 1])
 
     with engine.concurrent() as workers:
-        assert workers == 2
+        assert workers == 2 and engine.calls_at_once == 2  # the Upscaler halves each call's memory share
         compiled, free = engine._streams
         assert str(compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT" and int(compiled.get_property("NUM_STREAMS")) == 2
         assert free.qsize() == 2
@@ -163,7 +163,7 @@ def test_concurrent_calls_run_on_streams_of_their_own_and_agree():
         for t in threads:
             t.join()
         assert free.qsize() == 2  # every request went back
-    assert engine._pool is None and engine._streams is not None  # kept for the next run
+    assert engine._pool is None and engine._streams is not None and engine.calls_at_once == 1  # kept for the next run
     want = reference(model, x)
     for i in range(6):
         assert psnr(quantize(out[i], 8)[0].float(), quantize(one_stream[i], 8)[0].float()) >= 60

@@ -137,3 +137,25 @@ def test_auto_tile_uses_the_budget():
     side = auto_tile(200, 300, engine=engine, batch=2, budget=need // 10)
     assert MIN_TILE <= side < 200 and side % 8 == 0
     assert estimate_bytes(engine.spec.activation_per_pixel, 2 * side * side, torch.float32) <= need // 10
+
+
+def test_concurrent_calls_share_the_memory_budget(monkeypatch):
+    # Two compute threads calling at once (a CPU video run) each plan with half the share of free
+    # memory: a frame that fits one call whole is tiled when two calls run at once.
+    from vsr import upscale
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = TorchEngine(tiny_rrdb(), device="cpu")
+        need = estimate_bytes(engine.spec.activation_per_pixel, 128 * 128, engine.dtype)
+        monkeypatch.setattr(upscale, "free_memory", lambda device: int(need / upscale.MEMORY_SHARE["cpu"] * 1.5))
+        up = Upscaler(engine, batch=1)
+        assert up._tile_for(128, 128, 1) == 0  # alone: the whole frame
+        with engine.concurrent() as workers:
+            assert workers == 2 and engine.calls_at_once == 2
+            tile = up._tile_for(128, 128, 1)
+            assert 0 < tile < 128 and estimate_bytes(engine.spec.activation_per_pixel, tile * tile, engine.dtype) <= need * 1.5 / 2
+        assert engine.calls_at_once == 1 and up._tile_for(128, 128, 1) == 0
+    finally:
+        torch.set_num_threads(before)

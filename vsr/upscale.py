@@ -138,7 +138,7 @@ class Upscaler:
         # A fixed-shape or profiled engine caps the batch; the tile is capped per frame (_tile_for).
         self.batch = min(batch, self.limits[0]) if self.limits else batch
         self._fitted_tile: int | None = None  # smaller tile found by an out-of-memory fallback
-        self._planned: dict[tuple[int, int, int], int] = {}  # (height, width, frames) -> tile
+        self._planned: dict[tuple[int, int, int, int], int] = {}  # (height, width, frames, calls at once) -> tile
         self._call_batches: dict[tuple[int, int], int] = {}
 
     @property
@@ -210,12 +210,15 @@ class Upscaler:
         # Planned once per input size: free memory drops once the caching allocator holds the first
         # batch's activations, and a plan that flipped between whole frames and tiles would cost a
         # new CUDA graph capture or TensorRT build; nor does the device get queried every batch.
-        key = (height, width, frames)
+        # An engine running several calls at once (a CPU video run's compute threads) splits the
+        # share between them.
+        calls = max(1, int(getattr(self.engine, "calls_at_once", 1)))
+        key = (height, width, frames, calls)
         if key not in self._planned:
             if self.tile:
                 tile = self.tile
             else:
-                budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5))
+                budget = int(free_memory(self.engine.device) * MEMORY_SHARE.get(self.engine.device.type, 0.5)) // calls
                 tile = auto_tile(height, width, engine=self.engine, batch=self.batch, budget=budget, frames=frames)
             self._planned[key] = self._within_limits(tile, height, width)
         return self._planned[key]

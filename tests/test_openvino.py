@@ -382,8 +382,11 @@ def test_torch_glue_runs_on_one_thread_while_openvino_computes(tmp_path, clip):
             seen[name] = (set(engine.counts), set(encode_side))
             assert torch.get_num_threads() == 2
             engine.close()
-        # torch itself computes its network on two compute threads of one torch thread each (TorchEngine.concurrent).
-        assert seen == {"openvino": ({1}, {1}), "torch": ({1}, {1})}
+        assert seen["openvino"] == ({1}, {1})
+        # torch itself computes on two compute threads of one torch thread each (TorchEngine.concurrent,
+        # entered once the encode thread runs: torch fixes a thread's count at its first op, so the
+        # encode thread, which does no torch compute, may keep 2).
+        assert seen["torch"][0] == {1}
         # A call outside a run (a library user's own loop) too.
         engine = _CountsThreads(OpenVinoEngine(tiny_srvgg(seed=5)))
         Upscaler(engine)(photos(16, 24))

@@ -248,8 +248,12 @@ class OpenVinoEngine:
         self.parallel_calls = streams_for(self.ov_device, self.threads)
         self._streams: tuple[Any, queue.Queue] | None = None  # (compiled model, free infer requests)
         self._pool: queue.Queue | None = None  # the free requests while concurrent() is held
-        self.calls_at_once = 1  # parallel_calls while concurrent() is held (the Upscaler shares memory out by it)
         log.info("%s", self.describe())
+
+    @property
+    def calls_at_once(self) -> int:
+        """``parallel_calls`` while :meth:`concurrent` is held, else 1 (the Upscaler shares memory out by it)."""
+        return self.parallel_calls if self._pool is not None else 1
 
     def describe(self) -> str:
         """One line for logs, e.g. ``openvino CPU, fp32, 2 threads, dynamic shapes``."""
@@ -289,13 +293,11 @@ class OpenVinoEngine:
                 self._streams = (compiled, free)
                 log.info("openvino %s: %d streams for concurrent calls", self.ov_device, self.parallel_calls)
             self._pool = self._streams[1]
-            self.calls_at_once = self.parallel_calls
         try:
             yield self.parallel_calls
         finally:
             with self._lock:
                 self._pool = None
-                self.calls_at_once = 1
 
     def close(self) -> None:
         """Drop the compiled models and their requests; the engine is unusable afterwards."""

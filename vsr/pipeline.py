@@ -408,25 +408,30 @@ def _compute(decoded: Channel, computed: Channel, upscaler: Upscaler, colour, pl
     compute_groups(frames(), upscaler, lambda: BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan), computed.put)
 
 
-def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[], Callable], put: Callable[[object, int], None]) -> None:
+def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[], Callable], put: Callable[[object, int], None]) -> int:
     """``put(make()(group), len(group))`` for consecutive groups of ``upscaler.batch`` frames, in
-    order (a video run's and a ``vsr batch`` segment's compute step).
+    order (a video run's and a ``vsr batch`` segment's compute step); returns the frames put.
 
     On the calling thread; or, with an engine that runs several calls at once
     (``engine.concurrent()`` yielding more than 1: OpenVINO's CPU streams, torch eager on the CPU
     with its threads split), on that many compute threads (:func:`in_order`), so that the
     network's streams never wait for one another."""
     concurrent = getattr(upscaler.engine, "concurrent", None)
+    count = 0
     with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
         groups = frame_batches(frames, upscaler.batch)
-        if workers > 1:
-            with contextlib.closing(in_order(groups, make, workers)) as results:
-                for result, n in results:
-                    put(result, n)
-            return
-        compute = make()
-        for group in groups:
-            put(compute(group), len(group))
+        results = in_order(groups, make, workers) if workers > 1 else _on_this_thread(groups, make)
+        with contextlib.closing(results):
+            for result, n in results:
+                put(result, n)
+                count += n
+    return count
+
+
+def _on_this_thread(groups: Iterable[list[Frame]], make: Callable[[], Callable]) -> Iterator[tuple[object, int]]:
+    compute = make()
+    for group in groups:
+        yield compute(group), len(group)
 
 
 def in_order(groups: Iterable[list[Frame]], make: Callable[[], Callable], workers: int) -> Iterator[tuple[object, int]]:

@@ -453,19 +453,13 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
         while not Channel.is_end(item := computed.get()):
             write_batch(muxer, item, on_frame)
 
-    def put(item, n: int) -> None:
-        nonlocal count
-        count += n
-        computed.put(item, n)
-
     stage = Stage("segment-encode", encode, stop, computed.wake)
     stage.start()
-    count = 0
     try:
         # As vsr run: torch's glue on one thread beside a CPU engine's own pool, and the engine's
         # concurrent calls (OpenVINO's streams) on compute threads of their own.
         with upscaler.glue_threads():
-            compute_groups(frames, upscaler, lambda: BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan), put)
+            count = compute_groups(frames, upscaler, lambda: BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan), computed.put)
         computed.close()
         stage.join()
     except BaseException as err:

@@ -92,8 +92,9 @@ def container_format(path: Path) -> str | None:
     return CONTAINERS.get(Path(path).suffix.lower())
 
 
-def encoder_options(codec: str, *, crf: float | None, preset: str | None, extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+def encoder_options(codec: str, settings: EncodeSettings) -> dict[str, str]:
     """The option dict handed to the encoder: defaults, then --crf/--preset, then --encoder-opt."""
+    crf, preset, extra = settings.crf, settings.preset, settings.options
     options = dict(ENCODER_DEFAULTS.get(codec, {}))
     quality = _QUALITY_OPTION.get(codec, "crf")
     if any(key in _RATE_CONTROL for key, _ in extra):
@@ -155,7 +156,7 @@ def encoder_record(fmt: str, settings: EncodeSettings) -> dict[str, object]:
     ``vsr batch`` writes beside each segment piece, so that pieces encoded under other defaults
     (an older vsr) are made again instead of failing the join on their headers."""
     codec = choose_codec(fmt, settings)
-    return {"codec": codec, "options": encoder_options(codec, crf=settings.crf, preset=settings.preset, extra=settings.options)}
+    return {"codec": codec, "options": encoder_options(codec, settings)}
 
 
 def choose_pix_fmt(codec: str, info: VideoInfo, settings: EncodeSettings) -> str:
@@ -222,7 +223,7 @@ class Muxer:
         out.metadata["encoder"] = f"vsr (Lavf, {self.codec})"
         plan = self.plan
         rate = plan.rate or Fraction(25)
-        options = encoder_options(self.codec, crf=settings.crf, preset=settings.preset, extra=settings.options)
+        options = encoder_options(self.codec, settings)
         options = with_hdr(self.codec, options, plan.hdr)
         video = out.add_stream(self.codec, rate=rate, options=options)
         video.width, video.height, video.pix_fmt = self.width, self.height, self.pix_fmt

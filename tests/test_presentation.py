@@ -18,6 +18,7 @@ from vsr import color
 from vsr.errors import UsageError
 from vsr.frame import VideoInfo
 from vsr.media import deinterlace, presentation
+from vsr.media.decode import frame_side_data
 from vsr.media.plan import PictureOptions, plan_video
 from vsr.media.trim import Trim, Window, format_time, parse_time, shift_packet
 
@@ -52,7 +53,7 @@ def test_orientation_of_every_right_angle_matrix_as_pyav_writes_it(tmp_path, deg
         out.mux(s.encode(None))
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
-        sides = {sd.type.name: bytes(sd) for sd in frame.side_data}
+        sides = frame_side_data(frame)
     if degrees == 0 and not hflip:
         assert "DISPLAYMATRIX" not in sides or presentation.parse_display_matrix(sides["DISPLAYMATRIX"]) == presentation.IDENTITY
         return

@@ -21,6 +21,7 @@ from helpers import leftovers, one_line_error, psnr, run, tiny_srvgg
 from vsr import color, models
 from vsr.kernels.yuv import yuv_to_rgb
 from vsr.media import presentation
+from vsr.media.decode import frame_side_data
 
 FAST_MODEL = "realesr-animevideov3"  # a real trained network, 27 ms per 64x64 frame on 2 cores
 
@@ -57,10 +58,6 @@ def vsr(capsys, src: Path, dst: Path, *extra) -> str:
 def first_frame(path: Path) -> av.VideoFrame:
     with av.open(str(path)) as c:
         return next(c.decode(video=0))
-
-
-def side_data(frame: av.VideoFrame) -> dict[str, bytes]:
-    return {sd.type.name: bytes(sd) for sd in frame.side_data}
 
 
 def rgb_by_ffmpeg(path: Path, bits: int = 8) -> list[np.ndarray]:
@@ -130,7 +127,7 @@ def test_the_network_only_ever_sees_rgb_in_the_cube(tile):
 
 def _displayed(frame: av.VideoFrame) -> tuple[int, int]:
     """(width, height) as a player shows the frame."""
-    matrix = presentation.parse_display_matrix(side_data(frame).get("DISPLAYMATRIX", b""))
+    matrix = presentation.parse_display_matrix(frame_side_data(frame).get("DISPLAYMATRIX", b""))
     h, w = presentation.apply_orientation_shape(frame.height, frame.width, presentation.orientation(matrix))
     return w, h
 
@@ -143,14 +140,14 @@ def test_phone_rotation_is_kept_or_applied(tmp_path, capsys, clips, degrees):
     err = vsr(capsys, src, plain, "--model", FAST_MODEL, "--encoder-opt", "qp=0", "-v")
     assert "display matrix kept" in err
     frame = first_frame(plain)
-    assert presentation.parse_display_matrix(side_data(frame)["DISPLAYMATRIX"]) == tuple(media.rotation_matrix(degrees))
+    assert presentation.parse_display_matrix(frame_side_data(frame)["DISPLAYMATRIX"]) == tuple(media.rotation_matrix(degrees))
     assert (frame.width, frame.height) == (320, 192) and _displayed(frame) == (192, 320)
     assert [p[2] for p in media.packets(plain)] == [p[2] for p in media.packets(src)]  # audio kept
 
     err = vsr(capsys, src, turned, "--model", FAST_MODEL, "--encoder-opt", "qp=0", "--auto-rotate", "-v")
     assert "--auto-rotate: the pixels are rotated" in err
     frame = first_frame(turned)
-    assert "DISPLAYMATRIX" not in side_data(frame)
+    assert "DISPLAYMATRIX" not in frame_side_data(frame)
     assert (frame.width, frame.height) == (192, 320)
     # The network ran on the turned frames; a trained SR network is close to rotation-equivariant,
     # so its output is the plain output turned by k quarter turns. Every other turn or mirror of
@@ -195,7 +192,7 @@ def test_sample_aspect_ratio_is_kept_or_squared(tmp_path, capsys, clips, tiny, s
 
 
 def _hdr_of(path: Path) -> presentation.HdrMetadata:
-    sides = side_data(first_frame(path))
+    sides = frame_side_data(first_frame(path))
     return presentation.HdrMetadata(
         presentation.parse_mastering_display(sides.get("MASTERING_DISPLAY_METADATA", b"")),
         presentation.parse_content_light(sides.get("CONTENT_LIGHT_LEVEL", b"")),
@@ -228,7 +225,7 @@ def test_hlg_keeps_its_transfer(tmp_path, capsys, clips, tiny):
     err = vsr(capsys, clips("hdr10_hevc_mkv", "arib-std-b67"), out, "--model", tiny, "--codec", "libx265")
     assert "warning" not in err
     frame = first_frame(out)
-    assert int(frame.color_trc) == 18 and "MASTERING_DISPLAY_METADATA" not in side_data(frame)
+    assert int(frame.color_trc) == 18 and "MASTERING_DISPLAY_METADATA" not in frame_side_data(frame)
 
 
 # --------------------------------------------------------------------------- interlacing

@@ -178,19 +178,31 @@ def _with_first_frame(info: VideoInfo) -> VideoInfo:
         return info
     if frame is None:
         return info
-    matrix = mastering = light = None
-    for side in frame.side_data:
-        kind = side.type.name
-        if kind == "DISPLAYMATRIX":
-            matrix = presentation.parse_display_matrix(bytes(side))
-        elif kind == "MASTERING_DISPLAY_METADATA":
-            mastering = presentation.parse_mastering_display(bytes(side))
-        elif kind == "CONTENT_LIGHT_LEVEL":
-            light = presentation.parse_content_light(bytes(side))
+    sides = frame_side_data(frame)
+    matrix = presentation.parse_display_matrix(sides["DISPLAYMATRIX"]) if "DISPLAYMATRIX" in sides else None
+    mastering = presentation.parse_mastering_display(sides["MASTERING_DISPLAY_METADATA"]) if "MASTERING_DISPLAY_METADATA" in sides else None
+    light = presentation.parse_content_light(sides["CONTENT_LIGHT_LEVEL"]) if "CONTENT_LIGHT_LEVEL" in sides else None
     if matrix == presentation.IDENTITY:
         matrix = None
     hdr = presentation.HdrMetadata(mastering, light) if (mastering or light) else None
     return replace(info, display_matrix=matrix, hdr=hdr, interlaced_frames=bool(frame.interlaced_frame))
+
+
+def frame_side_data(frame: av.VideoFrame) -> dict[str, bytes]:
+    """A frame's side data as ``{type name: bytes}`` (e.g. ``DISPLAYMATRIX``).
+
+    Read by position until the end, the one access every PyAV since 14 agrees on: iterating
+    ``frame.side_data`` gives the entries up to PyAV 18.0 but their ``Type`` keys from 18.1 (a
+    ``Mapping``), whose ``len`` then counts types, not entries (a frame with two SEI entries
+    would hide its last one)."""
+    sides, found, index = frame.side_data, {}, 0
+    while True:
+        try:
+            entry = sides[index]
+        except IndexError:
+            return found
+        found.setdefault(entry.type.name, bytes(entry))
+        index += 1
 
 
 def frame_planes(frame: av.VideoFrame) -> tuple[str, list[np.ndarray]]:

@@ -5,7 +5,7 @@ The file is what the onnxruntime and TensorRT backends load. Three facts shape t
 - torch 2.13's ``torch.onnx.export`` is the dynamo exporter. Given a path it writes the weights to a
   ``<name>.data`` sidecar by default; we never let it write: it returns an ``ONNXProgram`` and the
   serialised ``ModelProto`` (weights inline, RRDBNet x4plus is ~67 MB, far below protobuf's 2 GB)
-  goes through :func:`vsr.paths.publish`, so the result is always one file and never half a file.
+  goes through :func:`vsr.files.publish`, so the result is always one file and never half a file.
 - TensorRT 11 networks are strongly typed: an FP16 engine needs an FP16 graph. ``fp16=True``
   exports ``model.half()`` with a half example input, so inputs, weights and outputs are FLOAT16.
 - The engine cache keys on the file's sha256, so the bytes should not depend on when or where the
@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import BackendUnavailable, InputError, OutputError, UsageError
 from ..models.spec import ModelSpec
-from ..paths import check_output, publish
+from ..files import check_output, publish
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def export_onnx(
     ``fp16`` makes the graph itself FLOAT16. ``opset`` None takes the exporter's default (20 with
     torch 2.13). The input is named ``input``, the output ``output``.
 
-    The file is written as ``<output>.partial``, checked with ``onnx.checker`` and renamed into
+    The file is written under a temporary name, checked with ``onnx.checker`` and published into
     place; an existing ``output`` is refused (exit 73) unless ``overwrite``. Returns ``output``.
     """
     output = Path(output)
@@ -84,7 +84,7 @@ def export_onnx(
             raise OutputError(f"cannot write {output} ({err.strerror}); check free space and permissions") from err
         # Checked from the path, as a consumer would load it, before it gets its final name.
         onnx.checker.check_model(str(tmp))
-    _remove_stale_sidecar(output)
+    _warn_external_data(output)
     return output
 
 
@@ -264,14 +264,12 @@ def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
 
 
-def _remove_stale_sidecar(output: Path) -> None:
-    # A file exported earlier by torch directly may have left <name>.data next to it; the new
-    # file does not reference it, and a stale copy would mislead anyone who sees the pair.
-    sidecar = output.with_name(output.name + ".data")
-    if sidecar.is_file():
-        log.info("removing stale external-data file %s (the new %s embeds its weights)", sidecar, output.name)
-        with contextlib.suppress(OSError):
-            sidecar.unlink()
+def _warn_external_data(output: Path) -> None:
+    # A file exported earlier by torch directly may have left <name>.data next to it. The new file
+    # does not reference it; it is not vsr's to delete, so say so instead.
+    data = output.with_name(output.name + ".data")
+    if data.is_file():
+        log.warning("%s embeds its weights; %s beside it is not used by it (left as it is)", output.name, data.name)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,8 @@ import torch
 
 from ..errors import BackendUnavailable, InputError, InputMissing, OutputError, TransientError, UsageError
 from ..models.spec import ModelSpec
-from ..paths import check_output
+from ..files import check_output
+from .. import files
 from . import cache
 from .onnx_export import SPEC_KEY, spec_from_json
 from .profiles import Shape
@@ -455,15 +456,15 @@ def inspect_onnx(data: bytes | memoryview) -> OnnxInfo:
 def onnx_digest(data: bytes, info: OnnxInfo, base: Path) -> str:
     """SHA-256 naming an ONNX model: its bytes, plus each external data file it points to."""
     if not info.external_files:
-        return cache.sha256_bytes(data)
-    parts = {"onnx": cache.sha256_bytes(data)}
+        return files.sha256_bytes(data)
+    parts = {"onnx": files.sha256_bytes(data)}
     for name in info.external_files:
         path = base / name
         try:
-            parts[name] = cache.sha256_file(path)
+            parts[name] = files.sha256_file(path)
         except OSError as err:
             raise InputMissing(f"the ONNX model's external data file {path} is missing ({err.strerror or err}); keep it next to the .onnx") from err
-    return cache.sha256_bytes(cache.canonical_json(parts).encode("ascii"))
+    return files.sha256_bytes(cache.canonical_json(parts).encode("ascii"))
 
 
 def read_spec(onnx_path: Path, info: OnnxInfo) -> ModelSpec:
@@ -655,15 +656,12 @@ def _attach_timing_cache(build_config, path: Path | None):
 def _save_timing_cache(build_config, path: Path) -> None:
     try:
         blob = build_config.get_timing_cache().serialize()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cache_tmp = cache.temp_path(path)
-        try:
-            cache_tmp.write_bytes(memoryview(blob))
-            cache_tmp.replace(path)  # concurrent builders: the last complete cache wins
-        finally:
-            cache_tmp.unlink(missing_ok=True)
+        # Concurrent builders: the last complete cache wins.
+        files.write_bytes(path, memoryview(blob), overwrite=True, claim_output=False)
     except OSError as err:
         log.warning("cannot save timing cache %s (%s)", path, err.strerror or err)
+    except OutputError as err:
+        log.warning("cannot save timing cache (%s)", err)
 
 
 @dataclass(frozen=True)
@@ -752,10 +750,10 @@ def build_engine(
         if output is None:
             return cache.get_or_build(prepared.key, lambda tmp: prepared.build_to(trt, tmp), timeout=timeout)
         try:
-            cache.publish_artifact(output, lambda tmp: prepared.build_to(trt, tmp), key=prepared.key, overwrite=overwrite)
+            files.publish_artifact(output, lambda tmp: prepared.build_to(trt, tmp), key=prepared.key, overwrite=overwrite, claim_output=True)
         except OSError as err:
             raise OutputError(f"cannot write engine {output} ({err.strerror or err}); check free space and permissions") from err
-    log.info("wrote %s and %s", output, cache.sidecar_path(output))
+    log.info("wrote %s and %s", output, files.sidecar_path(output))
     return output
 
 
@@ -831,12 +829,12 @@ class TrtEngine:
         dev = _cuda_device(device)
         plan_path = Path(plan_path)
         plan = _read_input(plan_path, "engine file", "build it with `vsr build-engine`")
-        meta = cache.read_sidecar(plan_path) or {}
-        if meta.get("sha256") and meta["sha256"] != cache.sha256_bytes(plan):
-            raise InputError(f"engine {plan_path} does not match its sidecar {cache.sidecar_path(plan_path)} (damaged or replaced); rebuild it")
+        meta = files.read_sidecar(plan_path) or {}
+        if meta.get("sha256") and meta["sha256"] != files.sha256_bytes(plan):
+            raise InputError(f"engine {plan_path} does not match its sidecar {files.sidecar_path(plan_path)} (damaged or replaced); rebuild it")
         if spec is None:
             if "spec" not in meta:
-                raise InputError(f"engine {plan_path} has no sidecar {cache.sidecar_path(plan_path)} with the model spec; rebuild it with vsr build-engine")
+                raise InputError(f"engine {plan_path} has no sidecar {files.sidecar_path(plan_path)} with the model spec; rebuild it with vsr build-engine")
             spec = spec_from_dict(meta["spec"])
         _check_compatible(meta, plan_path, dev)
         return cls(plan, spec=spec, device=dev, meta=meta, path=plan_path)

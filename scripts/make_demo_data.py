@@ -86,29 +86,28 @@ def main(argv: list[str] | None = None) -> int:
         print("make_demo_data: error: scikit-image is not installed, so there are no photographs to use;"
               " pip install scikit-image (or pip install -e '.[test]')", file=sys.stderr)
         return 69
+    from vsr import files
     from vsr.media.image import encode_image
-    from vsr.paths import write_bytes_atomic
 
-    files = [(path, encode_image(np.ascontiguousarray(pixels), "png"), pixels.shape, src) for path, pixels, src in plan(args.dir)]
-    conflicts = [p for p, data, _, _ in files if p.exists() and p.read_bytes() != data]
+    planned = [(path, encode_image(np.ascontiguousarray(pixels), "png"), pixels.shape, src) for path, pixels, src in plan(args.dir)]
+    conflicts = [p for p, data, _, _ in planned if p.exists() and p.read_bytes() != data]
     if conflicts and not args.overwrite:
         print(f"make_demo_data: error: {len(conflicts)} files in {args.dir} hold other pictures (first {conflicts[0]});"
               " pass --overwrite to replace them, or give another folder", file=sys.stderr)
         return 73
     written = 0
-    for path, data, _, _ in files:
+    for path, data, _, _ in planned:
         if not (path.exists() and path.read_bytes() == data):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(path, data, overwrite=True)
+            files.write_bytes(path, data, overwrite=True)
             written += 1
-    train = [f for f in files if f[0].parent.name == "hr"]
-    val = [f for f in files if f[0].parent.name == "val"]
+    train = [f for f in planned if f[0].parent.name == "hr"]
+    val = [f for f in planned if f[0].parent.name == "val"]
     sources = sorted({src for *_, src in train})
     print(f"{args.dir / 'hr'}: {len(train)} training tiles of {TILE}x{TILE} from {len(sources)} photographs"
           f" ({', '.join(f'{s} {sum(1 for *_, t in train if t == s)}' for s in sources)})")
     print(f"{args.dir / 'val'}: {len(val)} held-out photographs ("
           + ", ".join(f"{p.name} {shape[1]}x{shape[0]}" for p, _, shape, _ in val) + ")")
-    print(f"{written} files written, {len(files) - written} already up to date")
+    print(f"{written} files written, {len(planned) - written} already up to date")
     return 0
 
 

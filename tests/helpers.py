@@ -26,8 +26,9 @@ def one_line_error(err: str) -> str:
 
 
 def leftovers(folder) -> list[str]:
-    """Names of ``.partial`` files left in ``folder``."""
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+    """Names of temporary or lock files vsr left in ``folder`` (and ``.partial`` files, which
+    older versions wrote)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".vsr-tmp", ".vsr-lock", ".partial")))
 
 
 def photo(name: str) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vsr import files
 from vsr.engines import cache
 from vsr.errors import TransientError
 
@@ -41,7 +42,7 @@ def test_engine_key_is_a_pure_sha256():
 
 
 def test_engine_key_takes_bytes_or_their_sha256():
-    assert key_of(onnx=cache.sha256_bytes(b"onnx bytes")) == key_of()
+    assert key_of(onnx=files.sha256_bytes(b"onnx bytes")) == key_of()
     with pytest.raises(ValueError):
         key_of(onnx="not-a-sha")
 
@@ -109,11 +110,11 @@ def test_build_once_then_hit(tmp_path):
     assert first == second == tmp_path / f"{KEY}.engine"
     assert first.read_bytes() == PAYLOAD
     assert len(count.read_text().splitlines()) == 1
-    meta = cache.read_sidecar(first)
-    assert meta["complete"] is True and meta["sha256"] == cache.sha256_bytes(PAYLOAD)
+    meta = files.read_sidecar(first)
+    assert meta["complete"] is True and meta["sha256"] == files.sha256_bytes(PAYLOAD)
     assert meta["size"] == len(PAYLOAD) and meta["key"] == KEY and meta["note"] == "test"
-    assert cache.check_artifact(first) == (True, "ok")
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert files.check_artifact(first) == (True, "ok")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(files.TEMP_SUFFIX)]
 
 
 def test_default_root_is_vsr_home_engines(tmp_path, monkeypatch):
@@ -130,7 +131,7 @@ def test_build_that_raises_leaves_nothing_and_next_call_builds(tmp_path):
     with pytest.raises(RuntimeError, match="builder failed"):
         cache.get_or_build(KEY, broken, root=tmp_path)
     assert finished_files(tmp_path) == []
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(files.TEMP_SUFFIX)]
     count = tmp_path / "count"
     assert cache.get_or_build(KEY, writer(counter=count), root=tmp_path).read_bytes() == PAYLOAD
     assert len(count.read_text().splitlines()) == 1
@@ -146,7 +147,7 @@ def test_build_that_writes_nothing_is_an_error(tmp_path):
 def test_damaged_entry_is_rebuilt(tmp_path, damage):
     count = tmp_path / "count"
     path = cache.get_or_build(KEY, writer(counter=count), root=tmp_path)
-    side = cache.sidecar_path(path)
+    side = files.sidecar_path(path)
     if damage == "flip_byte":
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -159,10 +160,10 @@ def test_damaged_entry_is_rebuilt(tmp_path, damage):
         side.write_text(json.dumps({**json.loads(side.read_text()), "complete": False}))
     else:
         side.write_text("{not json")
-    assert not cache.check_artifact(path)[0]
+    assert not files.check_artifact(path)[0]
     again = cache.get_or_build(KEY, writer(counter=count), root=tmp_path)
     assert again == path and again.read_bytes() == PAYLOAD
-    assert cache.check_artifact(path) == (True, "ok")
+    assert files.check_artifact(path) == (True, "ok")
     assert len(count.read_text().splitlines()) == 2
 
 
@@ -242,7 +243,7 @@ def test_processes_racing_on_one_key_build_once(tmp_path):
     assert len(count.read_text().splitlines()) == 1, "exactly one process may build"
     assert {path for _, path, _ in outcomes} == {str(tmp_path / f"{KEY}.engine")}
     assert all(ok for _, _, ok in outcomes)
-    assert cache.check_artifact(tmp_path / f"{KEY}.engine") == (True, "ok")
+    assert files.check_artifact(tmp_path / f"{KEY}.engine") == (True, "ok")
 
 
 def test_builder_killed_mid_build_leaves_nothing_finished(tmp_path):
@@ -259,12 +260,12 @@ def test_builder_killed_mid_build_leaves_nothing_finished(tmp_path):
     assert proc.exitcode == -signal.SIGKILL
 
     assert finished_files(tmp_path) == []
-    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(files.TEMP_SUFFIX)]
     assert leftovers, "the half-written temporary file should still be there before the rebuild"
-    assert not cache.check_artifact(tmp_path / f"{KEY}.engine")[0]
+    assert not files.check_artifact(tmp_path / f"{KEY}.engine")[0]
 
     # The dead builder's lock went with it: the next call does not wait, rebuilds and cleans up.
     count = tmp_path / "count"
     path = cache.get_or_build(KEY, writer(counter=count), root=tmp_path, timeout=5)
     assert path.read_bytes() == PAYLOAD and len(count.read_text().splitlines()) == 1
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(files.TEMP_SUFFIX)]

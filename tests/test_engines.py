@@ -198,10 +198,12 @@ def test_export_writes_one_checked_self_contained_file(tmp_path):
 
     net = model("srvgg")
     out = tmp_path / "m.onnx"
-    (tmp_path / "m.onnx.data").write_bytes(b"stale sidecar from an older export")
+    (tmp_path / "m.onnx.data").write_bytes(b"external data of an older export by torch")
     out.write_bytes(b"old")
     assert export_onnx(net, out, tile=(32, 48), batch=3, overwrite=True) == out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    # Nothing left beside it; the .data file is not vsr's, so it is kept (with a warning), unused.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"external data of an older export by torch"
     onnx.checker.check_model(str(out))
     proto = onnx.load(str(out), load_external_data=False)
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)

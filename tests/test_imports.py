@@ -169,3 +169,39 @@ def test_a_package_init_reexporting_its_submodules_is_not_a_cycle(tmp_path):
     graph = import_graph(project_modules({"pkg": tmp_path / "pkg"}))
     assert cycles(graph) == []
     assert graph["pkg"] == {"pkg.a": 1} and graph["pkg.a"] == {"pkg.b": 1}
+
+
+# --------------------------------------------------------------------------- layering rules
+
+#: module (or package prefix) -> project modules it must not import (directly, at any depth of
+#: the file). Each rule says why.
+FORBIDDEN = {
+    # Safe writes are the bottom of the tree: everything that writes a file uses them.
+    "vsr.files": ("vsr.",),
+    # Batch works on files and runs; engine internals are not its business.
+    "vsr.batch": ("vsr.engines.cache",),
+}
+#: Exceptions to FORBIDDEN: what the module may import after all.
+ALLOWED = {"vsr.files": ("vsr.errors",)}
+
+
+def broken_rules(graph: dict[str, dict[str, int]]) -> list[str]:
+    """``module -> target (line)`` for every import a rule forbids."""
+    found = []
+    for module, edges in sorted(graph.items()):
+        for scope, banned in FORBIDDEN.items():
+            if module != scope and not module.startswith(scope + "."):
+                continue
+            for target, line in sorted(edges.items()):
+                if any(target == b or target.startswith(b) for b in banned) and target not in ALLOWED.get(scope, ()):
+                    found.append(f"{module} -> {target} (line {line})")
+    return found
+
+
+def test_the_layering_rules_hold():
+    assert broken_rules(import_graph(project_modules())) == []
+
+
+def test_the_layering_check_finds_a_broken_rule():
+    graph = {"vsr.files": {"vsr.errors": 1, "vsr.paths": 7}, "vsr.batch.run": {"vsr.engines.cache": 3}, "vsr.cli": {"vsr.engines.cache": 1}}
+    assert broken_rules(graph) == ["vsr.batch.run -> vsr.engines.cache (line 3)", "vsr.files -> vsr.paths (line 7)"]

@@ -52,7 +52,7 @@ def test_compiled_model_is_cached_under_a_full_key(tmp_path, caplog):
         again = OpenVinoEngine(model, cache_root=tmp_path, threads=1)
     assert "converting" not in caplog.text  # the second engine imports the cached file
     assert again.path == first.path and again.threads == 1
-    from vsr.engines.cache import read_sidecar
+    from vsr.files import read_sidecar
 
     meta = read_sidecar(first.path)
     assert meta["complete"] and meta["precision"] == "fp32" and meta["shape"] == "dynamic" and meta["device"] == "CPU"

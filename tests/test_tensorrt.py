@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsr.engines import cache
+from vsr import files
 from vsr.engines import tensorrt_engine as te
 from vsr.engines.tensorrt_engine import BuildConfig, ShapeRange, TrtEngine, build_engine, plan_profile
 from vsr.errors import BackendUnavailable, InputError, InputMissing, UsageError
@@ -337,7 +337,7 @@ def test_onnx_digest_covers_external_weights(tmp_path):
     info = te.inspect_onnx(data)
     assert info.external_files == ["ext.onnx.data"]
     before = te.onnx_digest(data, info, tmp_path)
-    assert before != cache.sha256_bytes(data)
+    assert before != files.sha256_bytes(data)
     blob = bytearray((tmp_path / "ext.onnx.data").read_bytes())
     blob[0] ^= 1
     (tmp_path / "ext.onnx.data").write_bytes(bytes(blob))
@@ -346,7 +346,7 @@ def test_onnx_digest_covers_external_weights(tmp_path):
     with pytest.raises(InputMissing):
         te.onnx_digest(data, info, tmp_path)
     single = small_onnx().SerializeToString()
-    assert te.onnx_digest(single, te.inspect_onnx(single), tmp_path) == cache.sha256_bytes(single)
+    assert te.onnx_digest(single, te.inspect_onnx(single), tmp_path) == files.sha256_bytes(single)
 
 
 # --------------------------------------------------------------------------- on a GPU host with TensorRT
@@ -439,10 +439,10 @@ def test_fp16_engine_matches_torch_fp32_and_is_cached(trt, tmp_path, monkeypatch
 def test_build_engine_to_output_and_load_from_file(trt, tmp_path):
     onnx_path = export_fp16_onnx(tiny_rrdb(), tmp_path / "tiny_fp16.onnx")
     out = build_engine(onnx_path, tmp_path / "out" / "tiny.engine", BuildConfig(batch=1, tile=(32, 32), opt_level=1))
-    meta = cache.read_sidecar(out)
-    assert cache.check_artifact(out) == (True, "ok")
+    meta = files.read_sidecar(out)
+    assert files.check_artifact(out) == (True, "ok")
     assert meta["versions"]["tensorrt"] == trt.__version__ and meta["precision"] == "fp16"
-    assert meta["onnx_sha256"] == cache.sha256_bytes(onnx_path.read_bytes())
+    assert meta["onnx_sha256"] == files.sha256_bytes(onnx_path.read_bytes())
     engine = TrtEngine.from_file(out)
     assert same_spec(engine.spec, tiny_rrdb().spec) and engine.profile.max == (1, 3, 32, 32)
     assert engine(torch.rand(1, 3, 32, 32, device="cuda")).shape == (1, 3, 128, 128)  # fp32 input is cast

@@ -550,7 +550,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, caplog):
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(tmp_path, 3, state)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001.pt"]  # no partial, no damaged file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001.pt", "step_000001.pt.json"]  # no partial, no damaged file
     assert (tmp_path / "step_000001.pt").read_bytes() == good
 
     for step in (2, 3, 4):
@@ -559,6 +559,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, caplog):
     (tmp_path / "step_000004.pt").write_bytes((tmp_path / "step_000004.pt").read_bytes()[:100])  # damaged by hand
     path, loaded = ckpt.latest_checkpoint(tmp_path)
     assert path.name == "step_000003.pt" and loaded["step"] == 3 and "skipping checkpoint" in caplog.text
+    # Damaged in place (same size, bytes flipped inside a tensor): torch would load it; its digest does not match.
+    ckpt.save_checkpoint(tmp_path, 5, state)
+    data = bytearray((tmp_path / "step_000005.pt").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(255 - b for b in data[len(data) // 2 : len(data) // 2 + 64])
+    (tmp_path / "step_000005.pt").write_bytes(bytes(data))
+    path, loaded = ckpt.latest_checkpoint(tmp_path)
+    assert path.name == "step_000003.pt" and "sha256 differs" in caplog.text
 
 
 # --------------------------------------------------------------------------- export and evaluation

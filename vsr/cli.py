@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, files, streams
 from .errors import Interrupted, UsageError, VsrError
 
 log = logging.getLogger("vsr")
@@ -144,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole argparse tree."""
     from .models.zoo import DEFAULT_MODEL
     from .progress import KINDS
-    from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -373,10 +372,16 @@ def _trim(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .media.image import image_format
+    from .media.encode import CONTAINERS, VIDEO_EXTENSIONS
+    from .media.image import IMAGE_FORMATS, image_format
 
     precision = _precision(args)
-    # An image on either side means an image job (a video into a .png is refused there).
+    if image_format(args.output) is not None and args.input.suffix.lower() in VIDEO_EXTENSIONS:
+        raise UsageError(
+            f"output {args.output} is an image ({', '.join(sorted(IMAGE_FORMATS))}) but input {args.input} is a video;"
+            f" give the output a video extension ({', '.join(sorted(CONTAINERS))})"
+        )
+    # An image on either side means an image job.
     is_images = args.input.is_dir() or image_format(args.input) is not None or image_format(args.output) is not None
     if is_images:
         given = [f"--{name.replace('_', '-')}" for name in VIDEO_FLAGS if getattr(args, name) not in (None, False, [])]
@@ -412,11 +417,20 @@ def _make_upscaler(args: argparse.Namespace, precision: str):
 
 
 def _run_images(args: argparse.Namespace, precision: str) -> int:
-    from tqdm import tqdm
-
-    from .images import plan_tasks, run_tasks
+    from .images import plan_tasks
 
     tasks = plan_tasks(args.input, args.output, overwrite=args.overwrite)
+    # One image: claimed before the model loads, so a second run to it stops at once (exit 73).
+    # A folder's images are claimed one by one as they are written.
+    with files.claim(tasks[0].target, make_folder_now=False) if not args.input.is_dir() else contextlib.nullcontext():
+        return _upscale_images(args, precision, tasks)
+
+
+def _upscale_images(args: argparse.Namespace, precision: str, tasks) -> int:
+    from tqdm import tqdm
+
+    from .images import run_tasks
+
     upscaler = _make_upscaler(args, precision)
     started = time.perf_counter()
     with tqdm(total=len(tasks), unit="img", disable=None if len(tasks) > 1 and args.progress == "bar" else True, file=sys.stderr) as bar:
@@ -448,14 +462,17 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
         from .errors import InputMissing
 
         raise InputMissing(f"input {args.input} does not exist")
-    check_job(job)  # bad output paths fail before the model loads
-    upscaler = _make_upscaler(args, precision)
-    reporter = progress.make("none" if args.quiet else args.progress)
-    try:
-        result = run_video(job, upscaler, on_start=lambda info: reporter.start(info.frames_hint), on_frame=reporter.update)
-    finally:
-        reporter.close()
-        upscaler.engine.close()
+    check_job(job)  # bad output paths and encoder options fail before the model loads
+    # Claimed before the model loads: a second run to the same output stops at once (exit 73),
+    # and the "done" line below is true about whose file is at the path.
+    with files.claim(job.target, make_folder_now=False):
+        upscaler = _make_upscaler(args, precision)
+        reporter = progress.make("none" if args.quiet else args.progress)
+        try:
+            result = run_video(job, upscaler, on_start=lambda info: reporter.start(info.frames_hint), on_frame=reporter.update)
+        finally:
+            reporter.close()
+            upscaler.engine.close()
     summary = {
         "event": "done", "frames": result.frames, "seconds": round(result.seconds, 2), "fps": round(result.fps, 3),
         "output": str(result.output), "bytes": result.output_bytes,
@@ -657,7 +674,18 @@ def _sigterm_interrupts():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (DESIGN.md section 7)."""
+    """Run the CLI; returns the exit code (DESIGN.md section 7). stdout and stderr are guarded for
+    the run: a reader that goes away does not stop it (:mod:`vsr.streams`)."""
+    logger = logging.getLogger("vsr")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    with streams.guarded():
+        try:
+            return _main(argv)
+        finally:  # in-process callers (tests, other tools) get their logging back as it was
+            logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

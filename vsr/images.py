@@ -19,7 +19,7 @@ import torch
 from .errors import InputError, InputMissing, OutputError, UsageError, VsrError
 from .kernels import quantize, to_float
 from .media.image import IMAGE_FORMATS, image_format, read_image, write_image
-from .paths import check_output
+from .files import check_name, check_output
 from .upscale import Upscaler, resample
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def plan_tasks(source: Path, target: Path, *, overwrite: bool) -> list[ImageTask
     """
     if not source.exists():
         raise InputMissing(f"input {source} does not exist")
+    check_name(target)
     if source.is_dir():
         if target.exists() and not target.is_dir():
             raise UsageError(f"input {source} is a folder, so the output must be a folder too, not the file {target}")

@@ -13,7 +13,8 @@ Three stages run at once, joined by bounded channels so memory stays flat howeve
 
 PyAV releases the GIL while it decodes, encodes and muxes, so the two I/O threads run beside the
 network. The run ends with the check that every decoded frame was encoded; the output file is
-published (renamed from ``<output>.partial``) only after that.
+published (:func:`vsr.files.publish`: a private temporary file, then one atomic step) only after
+that.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from .errors import UsageError, VsrError
 from .frame import Frame, VideoInfo
 from .media import dali_decode
 from .media.decode import CopiedPacket, iter_media, open_input
-from .media.encode import CONTAINERS, EncodeSettings, Muxer, container_format, plan_encoder, planar_source
+from .media.encode import CONTAINERS, EncodeSettings, Muxer, check_encoder, container_format, plan_encoder, planar_source
 from .media.plan import PictureOptions, VideoPlan, plan_video
 from .media.presentation import Orientation
 from .media.trim import Trim, check_decoder, format_time
-from .paths import check_output, publish
+from .files import check_output, publish
 from .transfer import Transfer
 from .upscale import Upscaler, resample
 
@@ -233,6 +234,7 @@ def check_job(job: VideoJob) -> str:
     if fmt is None:
         raise UsageError(f"output {job.target} is not a video container vsr writes; use one of {', '.join(sorted(CONTAINERS))}")
     check_decoder(job.decoder, job.trim)
+    check_encoder(fmt, job.settings)
     check_output(job.target, overwrite=job.overwrite, inputs=(job.source,))
     return fmt
 

@@ -2,7 +2,7 @@
 
 The manifest is one JSON object, ``{"schema": ..., "jobs": {job_id: record}}``. Every change is a
 read-modify-write of the whole file under an exclusive ``fcntl.flock`` on ``.vsr-batch.lock`` in the
-same folder, written to a private temporary file, fsynced and renamed over the old one, so readers
+same folder, published through :func:`vsr.files.publish` (a private temporary file, fsync, rename), so readers
 never see half a file and two workers (or two nodes sharing the storage) never lose each other's
 updates. Readers need no lock.
 
@@ -17,7 +17,7 @@ failed with exit 65/66 (bad or missing input) is not tried again until the input
 Leases (:class:`Lease`) are ``flock``-ed files, one per job or segment: whoever holds it processes
 that unit; the kernel drops the lock when the holder dies, even by SIGKILL, so a crashed unit is
 free again at once. On NFS, ``flock`` is mapped to POSIX locks through the NFS lock manager and
-excludes across nodes as far as that does (not with ``nolock`` mounts); see vsr.engines.cache.
+excludes across nodes as far as that does (not with ``nolock`` mounts); see :mod:`vsr.files`.
 """
 
 from __future__ import annotations
@@ -27,16 +27,13 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import socket
-import time
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engines.cache import sha256_file
-from ..errors import OutputError, TransientError
+from ..errors import OutputError
+from ..files import file_lock, now_iso, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +49,6 @@ RETRY_IN_RUN = frozenset({1, 74, 75})
 # come before permanent ones so a scheduler re-queues a shard that still has work it can finish.
 SEVERITY = (130, 1, 69, 74, 75, 73, 78, 2, 66, 65)
 LOCK_TIMEOUT = 120.0
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def worst_exit_code(codes) -> int:
@@ -93,41 +86,6 @@ def new_record(source: Path, target: Path, *, input_fp, options_fp: str) -> dict
 
 
 # --------------------------------------------------------------------------- locks
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, *, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path`` (created if needed), waiting up to ``timeout`` seconds (then
-    exit 75). Without fcntl (Windows) it does nothing; the atomic renames still keep files whole."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        fh = open(path, "a+b")  # noqa: SIM115 - held for the lock's lifetime
-    except OSError as err:
-        raise OutputError(f"cannot create the lock file {path} ({err.strerror or err}); check the output folder's permissions") from err
-    with fh:
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TransientError(f"timed out after {timeout:g} s waiting for the lock {path}; try again later") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-            except OSError as err:  # ENOLCK: a filesystem without locks; atomic renames still hold
-                log.warning("cannot lock %s (%s); going on without the lock", path, err.strerror or err)
-                break
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Lease:
@@ -222,7 +180,7 @@ class Manifest:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(f"cannot create the output folder {self.folder} ({err.strerror or err}); check permissions") from err
-        with file_lock(self.lock_path):
+        with file_lock(self.lock_path, timeout=LOCK_TIMEOUT, what="another worker updating the batch manifest"):
             data = self.read()
             data["schema"] = SCHEMA
             jobs = data["jobs"]
@@ -235,18 +193,11 @@ class Manifest:
             return {job_id: dict(jobs[job_id]) for job_id in changes}
 
     def _write(self, data: dict[str, Any]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        # Under the manifest lock: replacing the file is ours to do, and no output claim is needed.
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise OutputError(f"cannot write the batch manifest {self.path} ({err.strerror or err}); check free space") from err
+            write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n", overwrite=True, claim_output=False)
+        except OutputError as err:
+            raise OutputError(f"cannot write the batch manifest {self.path} ({err}); check free space") from err
 
 
 # --------------------------------------------------------------------------- the resume rule

@@ -34,19 +34,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputMissing, Interrupted, TransientError, UsageError, VsrError
-from ..media.encode import CONTAINERS, EncodeSettings, container_format, encoder_record
+from ..errors import InputMissing, Interrupted, OutputError, TransientError, UsageError, VsrError
+from ..media.encode import CONTAINERS, VIDEO_EXTENSIONS, EncodeSettings, check_encoder, container_format, encoder_record
 from ..media.plan import PictureOptions
 from ..media.trim import Trim, check_decoder
 from ..progress import Progress
-from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, now_iso, options_fingerprint, worst_exit_code
+from ..files import now_iso
+from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, options_fingerprint, worst_exit_code
 from .segments import SEGMENTS_DIR, Segment, index_video, piece_path, plan_segments
 from .units import BatchOptions, Executor, Job, Unit, UnitResult
 
 log = logging.getLogger(__name__)
 
-# Inputs a folder expands to (by extension); anything FFmpeg reads works when named explicitly.
-VIDEO_EXTENSIONS = frozenset({*CONTAINERS, ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".vob", ".ogv", ".3gp", ".y4m", ".m2v", ".dv", ".mxf", ".asf"})
+# Files that list inputs (by extension). A folder expands to its videos (VIDEO_EXTENSIONS);
+# anything FFmpeg reads works when named explicitly.
 LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 EXECUTORS = ("local", "ray")
 
@@ -288,10 +289,13 @@ def run_batch(
             continue
         with contextlib.suppress(OSError):
             if source.parent.resolve() == output_dir.resolve() and source.suffix.lower() in VIDEO_EXTENSIONS:
-                raise UsageError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
+                # The same mistake as `vsr run x.mp4 x.mp4`, and the same exit code (73).
+                raise OutputError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
     check_decoder(decoder, trim)
     options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim)
     jobs = plan_jobs(sources, output_dir, output_ext)
+    for fmt in sorted({container_format(job.target) for job in jobs}):
+        check_encoder(fmt, settings)  # a bad --crf is a usage error before any job starts
     manifest = Manifest(output_dir)
     options_fp = options_fingerprint(_options_record(options, make_upscaler))
     progress = progress or Progress()

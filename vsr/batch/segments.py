@@ -10,7 +10,7 @@ Encode (:func:`encode_segment`): seek to the keyframe at or before the first fra
 frames before the range, upscale exactly the range's frames and encode them, with their original pts
 and time base, into ``<outdir>/.vsr-segments/<job>/NNNN<ext>`` (the output's own container, so the
 encoder runs with the same global-header choice as a single ``vsr run``). The piece is written to a
-temporary name and published with a JSON sidecar (vsr.engines.cache.publish_artifact): a piece
+temporary name and published with a JSON sidecar (vsr.files.publish_artifact): a piece
 with a sidecar whose SHA-256 matches is complete, anything else is redone. The sidecar keeps what
 the encoder produced for each packet (pts, dts, duration in the encoder's time base), because
 containers may shift a piece's timestamps (MP4 edit lists) or round them (Matroska's 1 ms).
@@ -30,7 +30,6 @@ single run; with a lossless encoder (libx264 ``qp=0``) the decoded output is ide
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -42,14 +41,13 @@ from typing import Any
 import av
 
 from .. import color
-from ..engines.cache import check_artifact, publish_artifact, read_sidecar
 from ..errors import InputError, UsageError, VsrError
+from ..files import check_artifact, publish, publish_artifact, read_sidecar
 from ..frame import Frame, VideoInfo
 from ..media.decode import CopiedPacket, Cut, iter_media, open_input
 from ..media.encode import EncodeSettings, Muxer, container_format
 from ..media.plan import PictureOptions
 from ..media.trim import Trim
-from ..paths import publish
 from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, compute_groups, cuda_index, plan_output, write_batch
 from ..upscale import Upscaler
 
@@ -377,24 +375,12 @@ def encode_segment(
     fingerprints, checked before a piece is reused). ``on_frame(n)`` gets the frames encoded so far.
     """
     piece = Path(piece)
-    piece.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp(piece)
 
     def build(tmp: Path) -> dict[str, Any]:
         meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, picture=picture, fmt=fmt, on_frame=on_frame)
         return {**(extra or {}), **meta}
 
     return publish_artifact(piece, build, key=f"{PIECE_SCHEMA}:{segment.index}")
-
-
-def _remove_stale_temp(piece: Path) -> None:
-    # Leftovers of a killed run; the caller holds this segment's lease, so nobody else writes them.
-    for tmp in piece.parent.glob(f".{piece.name}*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    for tmp in piece.parent.glob(f".{piece.name}.json*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, picture: PictureOptions, fmt: str, on_frame) -> dict[str, Any]:
@@ -542,7 +528,7 @@ def join_segments(
     With ``trim``, the audio/subtitle packets of the trimmed range are copied, moved back like the
     video (the same rule as a single trimmed ``vsr run``). ``picture`` and ``outscale`` must be
     the pieces' (the output stream is planned as theirs was, with the model scale they recorded).
-    The output is published (renamed from ``<target>.partial``) only when every piece verified and
+    The output is published (:func:`vsr.files.publish`) only when every piece verified and
     the video packet count equals the sum of the pieces' frames.
     """
     metas = []

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import InputMissing, TransientError, VsrError
 from ..media.encode import container_format
-from .manifest import Lease, Manifest, input_fingerprint, sha256_file
+from ..files import read_sidecar, sha256_file
+from .manifest import Lease, Manifest, input_fingerprint
 from .segments import SEGMENTS_DIR, encode_segment, join_segments, piece_path, piece_status
 from .units import Unit, UnitResult
 
@@ -131,8 +132,6 @@ class Worker:
         expected = {"segment": unit.segment.as_dict(), **(unit.piece_extra or {})}
         reusable, why = piece_status(piece, expected)
         if reusable:
-            from ..engines.cache import read_sidecar
-
             result.reused, result.frames = True, int((read_sidecar(piece) or {}).get("frames", 0))
             self.report(unit.key, result.frames)
             return

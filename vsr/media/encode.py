@@ -8,6 +8,7 @@ chapters. Frames get the input's timestamps; copied packets keep theirs.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 from dataclasses import dataclass, field
@@ -27,12 +28,14 @@ from .trim import trim_chapters
 
 log = logging.getLogger(__name__)
 
-# Output extension -> FFmpeg muxer. The output is written to `<name>.partial`, so the muxer is
+# Output extension -> FFmpeg muxer. The output is written to a temporary name, so the muxer is
 # always named explicitly instead of being guessed from the file name.
 CONTAINERS = {
     ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
     ".ts": "mpegts", ".m2ts": "mpegts", ".mts": "mpegts",
 }
+# File names taken for videos: the containers vsr writes, and ones it only reads.
+VIDEO_EXTENSIONS = frozenset({*CONTAINERS, ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".vob", ".ogv", ".3gp", ".y4m", ".m2v", ".dv", ".mxf", ".asf"})
 DEFAULT_CODEC = {"webm": "libvpx-vp9"}  # everything else: libx264
 # Per-encoder defaults; --crf/--preset/--encoder-opt override them. The CRF values aim at
 # "visually lossless" for each encoder's own scale. x264's preset is "faster", not x264's own
@@ -51,6 +54,35 @@ ENCODER_DEFAULTS = {
 }
 # Encoders whose constant-quality knob is not called "crf".
 _QUALITY_OPTION = {"h264_nvenc": "cq", "hevc_nvenc": "cq"}
+
+
+@dataclass(frozen=True)
+class QualityRange:
+    """The constant-quality values an encoder really uses (checked before any work, because
+    FFmpeg's wrappers accept more and quietly change them)."""
+
+    low: float
+    high: float
+    whole: bool  # the option is an integer in FFmpeg: 30.5 would silently become 30
+    note: str = ""
+
+    def describe(self) -> str:
+        kind = "whole numbers" if self.whole else "numbers"
+        return f"{kind} {self.low:g}-{self.high:g}{self.note}"
+
+
+# Measured with this FFmpeg: x264 clamps anything above 51 to 51; x265 refuses above 51; SVT-AV1
+# and VP9 refuse above 63, and FFmpeg's SVT-AV1 wrapper takes 0 as "not set" (its default 35 runs
+# instead); NVENC's cq 0 means "automatic", not lossless. Negative values are "not set" in x264,
+# x265 and VP9. For lossless output use --encoder-opt qp=0 (x264), lossless=1 (x265, VP9).
+QUALITY_RANGES = {
+    "libx264": QualityRange(0, 51, False),
+    "libx265": QualityRange(0, 51, False),
+    "libsvtav1": QualityRange(1, 63, True),
+    "libvpx-vp9": QualityRange(0, 63, True),
+    "h264_nvenc": QualityRange(1, 51, False, " (0 would mean automatic)"),
+    "hevc_nvenc": QualityRange(1, 51, False, " (0 would mean automatic)"),
+}
 # Encoder options that pick the rate control; given with --encoder-opt they replace the default CRF.
 _RATE_CONTROL = {"qp", "b", "crf", "cq", "lossless"}
 # Encoders without a "preset" option (libvpx uses cpu-used/deadline).
@@ -63,6 +95,11 @@ SEMI_PLANAR_OUT = {
 # Global metadata that describes the input file's own muxing, not its content.
 _MUXER_METADATA = {"encoder", "major_brand", "minor_version", "compatible_brands"}
 _COPY_KINDS = {"audio", "subtitle", "attachment"}
+# Errors of opening the output file (as opposed to the encoder refusing its options).
+_FILE_ERRNOS = frozenset({
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS,
+    errno.EISDIR, errno.ENOTDIR, errno.EDQUOT, errno.EEXIST,
+})
 
 
 @dataclass(frozen=True)
@@ -101,13 +138,30 @@ def encoder_options(codec: str, settings: EncodeSettings) -> dict[str, str]:
         # The user chose the rate control (e.g. qp=0 for lossless); a default CRF would win over it.
         options.pop(quality, None)
     if crf is not None:
+        _check_quality(codec, quality, crf, "--crf")
         options[quality] = f"{crf:g}"
     if preset is not None:
         if codec in _NO_PRESET:
             raise UsageError(f"{codec} has no --preset; use --encoder-opt cpu-used=N (0 slowest .. 8 fastest) instead")
         options["preset"] = preset
+    for key, value in extra:
+        if key == quality:
+            try:
+                number = float(value)
+            except ValueError:
+                raise UsageError(f"--encoder-opt {key}={value}: {codec}'s {quality} takes a number") from None
+            _check_quality(codec, quality, number, f"--encoder-opt {key}=")
     options.update(dict(extra))
     return options
+
+
+def _check_quality(codec: str, option: str, value: float, flag: str) -> None:
+    allowed = QUALITY_RANGES.get(codec)
+    if allowed is None:
+        return
+    if not (allowed.low <= value <= allowed.high) or (allowed.whole and not float(value).is_integer()):
+        shown = f"{flag}{value:g}" if flag.endswith("=") else f"{flag} {value:g}"
+        raise UsageError(f"{shown} is out of range for {codec}: its {option} takes {allowed.describe()} (lower is better quality)")
 
 
 def with_hdr(codec: str, options: dict[str, str], hdr) -> dict[str, str]:
@@ -149,6 +203,14 @@ def choose_codec(fmt: str, settings: EncodeSettings) -> str:
     except Exception as err:
         raise UsageError(f"--codec {name}: no such encoder in this FFmpeg build; try libx264, libx265, libsvtav1 or libvpx-vp9") from err
     return name
+
+
+def check_encoder(fmt: str, settings: EncodeSettings) -> str:
+    """Check the encoder and its options for a ``fmt`` output before any work (usage errors,
+    exit 2); returns the encoder's name."""
+    codec = choose_codec(fmt, settings)
+    encoder_options(codec, settings)
+    return codec
 
 
 def encoder_record(fmt: str, settings: EncodeSettings) -> dict[str, object]:
@@ -256,6 +318,8 @@ class Muxer:
         try:
             out.start_encoding()
         except av.error.FFmpegError as err:
+            if getattr(err, "errno", None) in _FILE_ERRNOS:  # opening the file, not the encoder
+                raise OutputError(f"cannot create the output file in {self.path.parent} ({err.strerror}); check the folder, its permissions and free space") from err
             if self.codec.endswith("_nvenc"):
                 raise BackendUnavailable(f"--codec {self.codec} could not start ({err}); NVENC needs an NVIDIA GPU with a video encoder (H100/H200 have none): use libx264/libx265") from err
             raise UsageError(f"the {self.codec} encoder refused the settings ({err}); check --crf, --preset, --pix-fmt and --encoder-opt") from err
@@ -296,7 +360,7 @@ class Muxer:
         return self.stats
 
     def abort(self) -> None:
-        """Close without caring about a valid file (the partial file is deleted by the caller)."""
+        """Close without caring about a valid file (the temporary file is deleted by the caller)."""
         try:
             self._out.close()
         except Exception:  # a half-written container may refuse its trailer; it is thrown away

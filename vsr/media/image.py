@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from ..errors import InputError, InputMissing, UsageError
-from ..paths import write_bytes_atomic
+from .. import files
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,9 @@ def encode_image(pixels: np.ndarray, fmt: str) -> bytes:
 
 
 def write_image(path: str | Path, pixels: np.ndarray, *, overwrite: bool = False) -> None:
-    """Encode by the extension of ``path`` and publish atomically (``.partial`` then rename)."""
+    """Encode by the extension of ``path`` and publish it (:func:`vsr.files.publish`)."""
     path = Path(path)
     fmt = image_format(path)
     if fmt is None:
         raise UsageError(f"output {path} has no image extension; use one of {', '.join(IMAGE_FORMATS)}")
-    write_bytes_atomic(path, encode_image(pixels, fmt), overwrite=overwrite)
+    files.write_bytes(path, encode_image(pixels, fmt), overwrite=overwrite)

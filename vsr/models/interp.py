@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, UsageError
-from ..paths import check_output, publish
+from ..files import check_output, publish
 from .checkpoint import save_safetensors
 from .spec import ModelSpec
 

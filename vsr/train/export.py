@@ -5,8 +5,8 @@
 * ``.pth``: Real-ESRGAN's layout, ``{"params_ema": state_dict}`` (``{"params": ...}`` without EMA),
   which Real-ESRGAN, BasicSR, chaiNNer and vsr itself read.
 
-Both load with ``vsr.models.load(path)`` unchanged. The file is written through ``<output>.partial``
-and renamed into place.
+Both load with ``vsr.models.load(path)`` unchanged. The file is written under a private temporary
+name and published into place (:func:`vsr.files.publish`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError, OutputError, UsageError
 from ..models.spec import ModelSpec
-from ..paths import check_output, publish
+from ..files import check_output, publish
 from . import checkpoint as ckpt
 
 log = logging.getLogger(__name__)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import files
 from ..config import Config, config_to_dict, config_to_json
 from ..errors import ConfigError, InputMissing, OutputError
 from . import checkpoint as ckpt
@@ -274,7 +275,6 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[Path, di
                 " or set checkpoint.dir to a new folder"
             )
         return None
-    ckpt.remove_partials(run_dir)
     found = ckpt.latest_checkpoint(run_dir)
     if found is None:
         log.warning("--resume: no checkpoint in %s yet; starting from step 0", run_dir)
@@ -309,15 +309,7 @@ def _rewrite_metrics(path: Path, upto: int) -> None:
             continue  # a line cut by a crash
         if rec.get("step", 0) <= upto:
             kept.append(line)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def plot_metrics(run_dir: Path) -> Path | None:
@@ -357,10 +349,9 @@ def plot_metrics(run_dir: Path) -> Path | None:
     ax_val.set_title("validation")
     fig.tight_layout()
     out = run_dir / PLOT_FILE
-    tmp = run_dir / (PLOT_FILE + ".partial.png")
-    fig.savefig(tmp, dpi=100)
+    with files.publish(out, overwrite=True, claim_output=False) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -492,7 +483,7 @@ def _train(cfg: Config, *, resume: bool, progress, dist: _Dist, device: torch.de
     metrics_path = run_dir / METRICS_FILE
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(run_dir / CONFIG_FILE, config_to_json(cfg) + "\n")
+        files.write_text(run_dir / CONFIG_FILE, config_to_json(cfg) + "\n")
         _rewrite_metrics(metrics_path, start_step)
     loader = make_loader(dataset, batch_size=data.batch_size, workers=data.workers, start_step=start_step, steps=t.steps,
                          rank=dist.rank, world=dist.world, pin_memory=cuda)

@@ -261,3 +261,31 @@ def test_two_image_runs_to_one_output(tmp_path, fast_model):
         result = vsr_cli("run", src, out, "--model", fast_model)
     assert result.returncode == 73 and "another vsr process" in one_line_error(result.stderr)
     assert not out.exists()
+
+
+def test_the_same_mistake_has_the_same_code_and_names_its_cause_in_run_batch_and_images(tmp_path, capsys, clips, fast_model):
+    from vsr.media.image import write_image
+
+    video, image = tmp_path / "v.mkv", tmp_path / "i.png"
+    shutil.copy(clips[40], video)
+    write_image(image, np.ascontiguousarray(photo("coffee")[:32, :48]))
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    cases = [
+        (("run", tmp_path / "missing.mkv", tmp_path / "o.mkv"), 66, "does not exist"),
+        (("run", tmp_path / "missing.png", tmp_path / "o.png"), 66, "does not exist"),
+        (("batch", tmp_path / "missing.mkv", "--output-dir", tmp_path / "b1"), 66, "does not exist"),
+        (("run", video, video, "--overwrite"), 73, "is the input file"),
+        (("run", image, image, "--overwrite"), 73, "is the input file"),
+        (("run", image, image), 73, "is the input file"),  # the real cause, not "already exists"
+        (("run", video, tmp_path / "blocker" / "o.mkv"), 73, "blocker is a file, not a folder"),
+        (("run", image, tmp_path / "blocker" / "o.png"), 73, "blocker is a file, not a folder"),
+        (("batch", video, "--output-dir", tmp_path / "blocker"), 73, "is a file, not a folder"),
+        (("run", image, tmp_path / "o.png", "--crf", "20"), 2, "--crf is for video input only"),
+    ]
+    for argv, code, needle in cases:
+        got, err = run(capsys, *argv, "--model", fast_model, "--progress", "none")
+        assert got == code, (argv, err)
+        assert needle in err.strip().splitlines()[-1], (argv, err)
+    # Nothing written but vsr batch's record of the failed job.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b1", "blocker", "i.png", "v.mkv"]
+    assert sorted(p.name for p in (tmp_path / "b1").iterdir()) == [".vsr-batch", ".vsr-batch.lock", "vsr-batch.json"]

@@ -387,7 +387,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = [f"--{name.replace('_', '-')}" for name in VIDEO_FLAGS if getattr(args, name) not in (None, False, [])]
         given += [f"--{name.replace('_', '-')}" for name, default in (("deinterlace", "auto"), ("deinterlace_rate", "frame")) if getattr(args, name) != default]
         if given:
-            raise UsageError(f"{', '.join(given)} only apply to video input; {args.input} is an image input")
+            raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for video input only; {args.input} is an image input")
         return _run_images(args, precision)
     return _run_video(args, precision)
 

@@ -98,6 +98,8 @@ def plan_tasks(source: Path, target: Path, *, overwrite: bool) -> list[ImageTask
         elif image_format(target) is None:
             raise UsageError(f"output {target} has no image extension ({', '.join(sorted(IMAGE_FORMATS))})")
         tasks = [ImageTask(source, target)]
+    for task in tasks:  # the real cause first: an output that is its own input
+        check_output(task.target, overwrite=True, inputs=(task.source,))
     existing = [t.target for t in tasks if t.target.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""

@@ -278,6 +278,8 @@ def run_batch(
     if segmented and decoder != "pyav":
         raise UsageError("--segment-frames/--segments decode with PyAV (they seek by keyframe); leave out --decoder dali")
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"--output-dir {output_dir} is a file, not a folder; give a folder")
     sources = collect_inputs(inputs)
     if shard is not None:
         sources = sources[shard[0] :: shard[1]]

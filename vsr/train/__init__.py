@@ -1,4 +1,4 @@
-"""Training: datasets and degradations, losses (L1, VGG19 perceptual, RaGAN), the loop with EMA,
+"""Training: datasets and degradations, losses (L1, VGG perceptual, RaGAN), the loop with EMA,
 checkpoints that resume exactly, validation metrics, and export to a model file.
 
 Entry points for the command line (heavy modules are imported on first use):

@@ -127,41 +127,54 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
 
 
+def video_frame_count(path: str | Path) -> int:
+    """Frames in a video, counted from its packets (headers may lie)."""
+    from ..media.decode import open_input
+
+    container, info = open_input(Path(path).expanduser(), probe_frame=False)  # header facts only
+    try:
+        stream = container.streams[info.stream_index]
+        return sum(1 for packet in container.demux(stream) if packet.size)
+    finally:
+        container.close()
+
+
 def sample_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     """``count`` frames spread evenly across a video (the middle of ``count`` equal spans), as
     ``(H, W, 3)`` uint8 RGB (uint16 for sources deeper than 8 bits), converted with the matrix and
-    range the stream declares. The file is decoded once, up to the last frame needed."""
+    range the stream declares."""
+    total = video_frame_count(path)
+    if total == 0:
+        raise InputError(f"video {path} has no video frames to train on")
+    n = min(count, total)
+    return video_frames_at(path, sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)}))
+
+
+def video_frames_at(path: str | Path, wanted: list[int]) -> list[np.ndarray]:
+    """The frames of a video at the indices ``wanted`` (sorted), decoded as ``vsr run`` decodes
+    them; the file is decoded once, up to the last frame needed."""
     from ..color import layout
     from ..media.decode import iter_media, open_input
     from ..pipeline import planes_to_rgb
 
     path = Path(path).expanduser()
-    container, info = open_input(path, probe_frame=False)  # training frames need no display matrix or HDR tags
-    try:
-        stream = container.streams[info.stream_index]
-        total = sum(1 for packet in container.demux(stream) if packet.size)
-    finally:
-        container.close()
-    if total == 0:
-        raise InputError(f"video {path} has no video frames to train on")
-    n = min(count, total)
-    wanted = sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)})
+    wanted_set = set(wanted)
     frames: list[np.ndarray] = []
-    container, info = open_input(path, probe_frame=False)
+    container, info = open_input(path, probe_frame=False)  # training frames need no display matrix or HDR tags
     try:
         device = torch.device("cpu")
         for item in iter_media(container, info, copy_streams=()):
-            if item.index in wanted:
+            if item.index in wanted_set:
                 bits = layout(item.pix_fmt).bits if layout(item.pix_fmt) else 8
                 rgb = planes_to_rgb([item], device)[0].clamp(0, 1).permute(1, 2, 0).numpy()
                 peak, dtype = (255, np.uint8) if bits <= 8 else (65535, np.uint16)
                 frames.append(np.round(rgb * peak).astype(dtype))
-                if len(frames) == len(wanted):
+                if len(frames) == len(wanted_set):
                     break
     finally:
         container.close()
-    if len(frames) < len(wanted):
-        log.warning("video %s: %d of the %d sampled frames could be decoded", path, len(frames), len(wanted))
+    if len(frames) < len(wanted_set):
+        log.warning("video %s: %d of the %d wanted frames could be decoded", path, len(frames), len(wanted_set))
     return frames
 
 

@@ -5,7 +5,7 @@
 * psnr stage: L1 (plus a VGG perceptual term if ``loss.perceptual`` > 0), Adam, a multi-step or
   cosine-with-restarts schedule, an exponential moving average (EMA) of the generator.
 * gan stage: the generator starts from ``model.pretrained`` (a PSNR run, a checkpoint or a named
-  model); each step updates the generator with pixel L1 + VGG19 perceptual + relativistic average
+  model); each step updates the generator with pixel L1 + VGG perceptual + relativistic average
   GAN losses, then the discriminator with the RaGAN loss (ESRGAN, Wang et al. 2018).
 
 The run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per
@@ -42,11 +42,14 @@ from ..config import Config, config_to_dict, config_to_json
 from ..errors import ConfigError, InputMissing, OutputError
 from . import checkpoint as ckpt
 from .data import build_dataset, make_loader
-from .losses import PerceptualLoss, l1, load_vgg19, ragan_d_fake, ragan_d_real, ragan_g_loss
+from .losses import PerceptualLoss, check_perceptual_source, l1, perceptual_features, ragan_d_fake, ragan_d_real, ragan_g_loss
 
 log = logging.getLogger(__name__)
 
 ARCH_NAMES = {"rrdbnet": "RRDBNet", "srvgg": "SRVGGNetCompact"}
+# Perceptual metrics validation takes when their files are there: LPIPS (what a GAN stage should
+# lower) and NIQE (no reference); DISTS runs VGG16 at full size, too slow to repeat during training.
+VALIDATION_METRICS = ("lpips", "niqe")
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 PLOT_FILE = "metrics.png"
@@ -248,7 +251,7 @@ class _Reporter:
 
     def record(self, rec: Record) -> None:
         if self.kind == "bar" and self.bar is not None and rec.get("kind") in ("train", "val"):
-            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k.startswith(("l_", "psnr", "ssim"))}
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items() if k.startswith(("l_", "psnr", "ssim", "lpips", "niqe"))}
             self.bar.set_postfix(shown, refresh=False)
         elif self.kind == "json":
             sys.stderr.write(json.dumps(rec) + "\n")
@@ -377,9 +380,7 @@ def _check_inputs(cfg: Config) -> None:
     if d.val_lr and not Path(d.val).expanduser().is_dir():
         raise ConfigError(f"data.val_lr pairs folders, but data.val {d.val} is a file; make data.val a folder or leave data.val_lr empty")
     if cfg.loss.perceptual > 0:
-        path = cfg.loss.vgg_weights
-        if not path or not Path(path).expanduser().is_file():
-            load_vgg19(path, cfg.loss.vgg_layers)  # raises the ConfigError with the full explanation
+        check_perceptual_source(cfg.loss.vgg, cfg.loss.vgg_weights)
 
 
 def train(
@@ -452,7 +453,7 @@ def _train(cfg: Config, *, resume: bool, progress, dist: _Dist, device: torch.de
         disc = build_discriminator(cfg.discriminator.arch, num_feat=cfg.discriminator.num_feat, patch_size=data.patch_size).train()
     perceptual = None
     if cfg.loss.perceptual > 0:
-        perceptual = PerceptualLoss(load_vgg19(cfg.loss.vgg_weights, cfg.loss.vgg_layers), cfg.loss.vgg_layer_weights or None)
+        perceptual = PerceptualLoss(perceptual_features(cfg.loss.vgg, cfg.loss.vgg_weights, cfg.loss.vgg_layers), cfg.loss.vgg_layer_weights or None)
 
     opt_g = torch.optim.Adam(generator.parameters(), lr=t.lr, betas=tuple(t.betas))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.discriminator.lr or t.lr, betas=tuple(t.betas)) if disc is not None else None
@@ -633,22 +634,27 @@ def _step(g_train, generator, d_train, disc, perceptual, opt_g, opt_d, scaler, l
 
 def _validate(cfg: Config, generator: nn.Module, ema_module: nn.Module | None, device: torch.device) -> dict[str, float]:
     """PSNR/SSIM on ``data.val`` of the network export writes (the EMA when there is one) as
-    ``psnr``/``ssim``, and, with an EMA, of the raw generator too as ``psnr_raw``/``ssim_raw``."""
+    ``psnr``/``ssim``, with LPIPS and NIQE when the perceptual files are there (``vsr models fetch
+    perceptual``), and, with an EMA, PSNR/SSIM of the raw generator too as ``psnr_raw``/``ssim_raw``."""
+    from ..perceptual.scores import choose
     from .metrics import evaluate
 
-    def measure(model: nn.Module) -> dict[str, float]:
+    available = choose(None, video=False).picture
+    perceptual = tuple(m for m in VALIDATION_METRICS if m in available)
+
+    def measure(model: nn.Module, metrics: tuple[str, ...]) -> dict[str, float]:
         was_training = model.training
         model.eval()
         try:
-            result = evaluate(model, cfg.data.val, cfg.data.val_lr or None, device=device)
+            result = evaluate(model, cfg.data.val, cfg.data.val_lr or None, device=device, metrics=("psnr", "ssim", *metrics))
         finally:
             model.train(was_training)
         return {**result.mean, "images": len(result.rows)}
 
     if ema_module is None:
-        return measure(generator)
-    raw = measure(generator)
-    return {**measure(ema_module), "psnr_raw": raw["psnr"], "ssim_raw": raw["ssim"]}
+        return measure(generator, perceptual)
+    raw = measure(generator, ())
+    return {**measure(ema_module, perceptual), "psnr_raw": raw["psnr"], "ssim_raw": raw["ssim"]}
 
 
 def _move_optimizer(opt: torch.optim.Optimizer, device: torch.device) -> None:

@@ -1,4 +1,6 @@
-"""PSNR and SSIM on the Y channel, and ``evaluate`` for ``vsr eval``.
+"""PSNR and SSIM on the Y channel, and ``evaluate`` for ``vsr eval`` (which adds the perceptual
+metrics of :mod:`vsr.perceptual.scores`: LPIPS, DISTS, NIQE, and tOF and the warping error on
+videos).
 
 The conventions are those of the super-resolution literature (ESRGAN's tables are "PSNR/SSIM on
 the Y channel"): luma as MATLAB's ``rgb2ycbcr`` computes it for BT.601,
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..perceptual.scores import PICTURE_METRICS, SEQUENCE_METRICS
+from .degrade import bicubic_downsample, bicubic_upsample
 
 log = logging.getLogger(__name__)
 
@@ -104,37 +109,70 @@ def ssim_y(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, *, crop: 
 
 @dataclass
 class EvalResult:
-    """Per-picture rows and their mean: the model's PSNR/SSIM and the bicubic baseline's."""
+    """Per-picture rows and their mean, for the model (or the pictures of ``--sr``) and for the
+    bicubic baseline (keys ``bicubic_<metric>``); a video's temporal metrics are in ``mean`` (and
+    ``sequence`` says which frames they were measured on)."""
 
     rows: list[dict[str, Any]]
-    mean: dict[str, float]
+    mean: dict[str, float | None]
     scale: int
     model: str
     crop: int
     notes: list[str] = field(default_factory=list)
+    sequence: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "scale": self.scale, "crop_border": self.crop, "channel": "Y (BT.601)",
-                "images": self.rows, "mean": self.mean}
+        out = {"model": self.model, "scale": self.scale, "crop_border": self.crop, "channel": "Y (BT.601)",
+               "images": self.rows, "mean": self.mean}
+        if self.sequence is not None:
+            out["sequence"] = self.sequence
+        if self.notes:
+            out["notes"] = self.notes
+        return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        """The result as standard JSON: a non-finite number (the PSNR of identical pictures) is null."""
+        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
 
     def format_table(self) -> str:
-        """A plain-text table for the terminal, one row per picture and the mean at the end."""
+        """A plain-text table for the terminal: one row per picture, the mean, then the temporal
+        metrics of a video; each metric for the model and for bicubic (lower is better for all
+        but PSNR and SSIM)."""
+        extra = [k for k in PICTURE_METRICS if k in self.mean]
         width = max([len("image"), len("mean")] + [len(r["name"]) for r in self.rows])
-        head = f"{'image':<{width}}  {'size':>11}  {'PSNR':>7}  {'SSIM':>6}  {'bicubic':>7}  {'SSIM':>6}  {'gain':>6}"
-        lines = [f"model {self.model}, x{self.scale}, Y channel, border {self.crop} px", head, "-" * len(head)]
+        head = f"{'image':<{width}}  {'size':>11}  {'PSNR':>7}  {'SSIM':>6}" + "".join(f"  {k.upper():>7}" for k in extra)
+        head += f"  {'bicubic':>7}  {'SSIM':>6}" + "".join(f"  {k.upper():>7}" for k in extra) + f"  {'gain':>6}"
+        lines = [f"{self.model}, x{self.scale}, Y channel, border {self.crop} px; left: the model, right: bicubic", head, "-" * len(head)]
 
-        def fmt(name: str, size: str, r: dict[str, float]) -> str:
-            return (f"{name:<{width}}  {size:>11}  {r['psnr']:7.2f}  {r['ssim']:6.4f}  {r['bicubic_psnr']:7.2f}"
-                    f"  {r['bicubic_ssim']:6.4f}  {r['psnr'] - r['bicubic_psnr']:+6.2f}")
+        def num(v: float | None, digits: int) -> str:
+            return f"{'n/a':>7}" if v is None else f"{v:7.{digits}f}"
+
+        def fmt(name: str, size: str, r: dict[str, Any]) -> str:
+            ours = "".join(f"  {num(r.get(k), 4)}" for k in extra)
+            theirs = "".join(f"  {num(r.get('bicubic_' + k), 4)}" for k in extra)
+            return (f"{name:<{width}}  {size:>11}  {r['psnr']:7.2f}  {r['ssim']:6.4f}{ours}  {r['bicubic_psnr']:7.2f}"
+                    f"  {r['bicubic_ssim']:6.4f}{theirs}  {r['psnr'] - r['bicubic_psnr']:+6.2f}")
 
         for r in self.rows:
             lines.append(fmt(r["name"], f"{r['width']}x{r['height']}", r))
         lines.append("-" * len(head))
         lines.append(fmt("mean", f"{len(self.rows)} images", self.mean))
+        if self.sequence is not None:
+            seq = self.sequence
+            lines.append(f"frames {seq['first']}-{seq['first'] + seq['frames'] - 1} in a row: "
+                         + ", ".join(f"{k} {self.mean[k]:.4g} (bicubic {self.mean['bicubic_' + k]:.4g})" for k in SEQUENCE_METRICS if k in self.mean))
+        lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _quantize_hwc(t: torch.Tensor) -> np.ndarray:
@@ -142,37 +180,117 @@ def _quantize_hwc(t: torch.Tensor) -> np.ndarray:
     return t[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-VIDEO_FRAMES = 24  # frames taken evenly across a video handed to evaluate
+VIDEO_FRAMES = 24  # frames taken evenly across a video handed to evaluate (and in a row, for tOF/warp)
+
+Loader = Callable[[], torch.Tensor]
 
 
-def _pictures(hr: Path, lr_dir: str | Path | None, scale: int, frames: int) -> list[tuple[str, Callable[[], torch.Tensor], Path | None]]:
-    """What ``evaluate`` measures: (name, HR loader, LR partner) for a folder, one image, or a video."""
-    from ..errors import InputError, UsageError
-    from .data import is_image, list_images, pair_folders, read_rgb, sample_video_frames, to_float_rgb, to_tensor
+@dataclass(frozen=True)
+class _Picture:
+    """One measured picture: its label, the HR loader, an LR partner file, and the upscaled
+    picture someone else made (``--sr``)."""
 
-    def image(path: Path) -> Callable[[], torch.Tensor]:
-        return lambda: to_tensor(read_rgb(path))[None]
+    name: str
+    hr: Loader
+    lr: Path | None = None
+    sr: Loader | None = None
+
+
+def _is_video(path: Path) -> bool:
+    from .data import is_image
+
+    return path.is_file() and not is_image(path)
+
+
+def _image_loader(path: Path) -> Loader:
+    from .data import read_rgb, to_tensor
+
+    return lambda: to_tensor(read_rgb(path))[None]
+
+
+def _frame_loaders(frames: list[np.ndarray]) -> list[Loader]:
+    from .data import to_float_rgb, to_tensor
+
+    return [lambda a=a: to_tensor(to_float_rgb(a))[None] for a in frames]
+
+
+def _spread_indices(total: int, count: int) -> list[int]:
+    n = min(count, total)
+    return sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)})
+
+
+def _pictures(hr: Path, lr_dir: str | Path | None, sr: Path | None, scale: int, frames: int) -> list[_Picture]:
+    """What ``evaluate`` measures: a folder, one image, or ``frames`` frames spread across a video;
+    with ``sr``, each paired with the picture of the same name (or the video's same frame)."""
+    from ..errors import InputError, InputMissing, UsageError
+    from .data import is_image, list_images, pair_folders, video_frame_count, video_frames_at
 
     if hr.is_file():
         if lr_dir is not None:
             raise UsageError(f"--lr-dir pairs two folders, but {hr} is a file; leave --lr-dir out (LR is made by bicubic downscaling)")
         if is_image(hr):
-            return [(hr.name, image(hr), None)]
-        decoded = sample_video_frames(hr, frames)  # a video: real decoded frames, converted with the stream's matrix
-        return [(f"{hr.name}#{k}", lambda a=a: to_tensor(to_float_rgb(a))[None], None) for k, a in enumerate(decoded)]
+            if sr is not None and (not sr.is_file() or not is_image(sr)):
+                raise UsageError(f"--sr {sr}: for the image {hr}, give the upscaled image")
+            return [_Picture(hr.name, _image_loader(hr), sr=_image_loader(sr) if sr is not None else None)]
+        total = video_frame_count(hr)
+        if total == 0:
+            raise InputError(f"video {hr} has no video frames to evaluate")
+        wanted = _spread_indices(total, frames)
+        decoded = _frame_loaders(video_frames_at(hr, wanted))  # real decoded frames, converted with the stream's matrix
+        theirs: list[Loader | None] = [None] * len(decoded)
+        if sr is not None:
+            if not _is_video(sr):
+                raise UsageError(f"--sr {sr}: for the video {hr}, give the upscaled video")
+            if video_frame_count(sr) != total:
+                raise InputError(f"--sr {sr} has {video_frame_count(sr)} frames and {hr} {total}; they must be the same clip, frame for frame")
+            theirs = _frame_loaders(video_frames_at(sr, wanted))
+        return [_Picture(f"{hr.name}#{k}", load, sr=mine) for k, (load, mine) in zip(wanted, zip(decoded, theirs, strict=True), strict=True)]
     if lr_dir is not None:
-        return [(h.relative_to(hr).as_posix(), image(h), lr) for h, lr in pair_folders(hr, lr_dir, scale, what="eval")]
-    found = [(p.relative_to(hr).as_posix(), image(p), None) for p in list_images(hr, what="HR folder")]
+        found = [_Picture(h.relative_to(hr).as_posix(), _image_loader(h), lr) for h, lr in pair_folders(hr, lr_dir, scale, what="eval")]
+    else:
+        found = [_Picture(p.relative_to(hr).as_posix(), _image_loader(p)) for p in list_images(hr, what="HR folder")]
     if not found:
         raise InputError(f"HR folder {hr} holds no images to evaluate (png, jpg, webp, tif)")
-    return found
+    if sr is None:
+        return found
+    if not sr.is_dir():
+        raise UsageError(f"--sr {sr}: for the HR folder {hr}, give the folder of upscaled pictures (same names)")
+    theirs_by_name = {p.relative_to(sr).with_suffix("").as_posix(): p for p in list_images(sr, what="--sr folder")}
+    paired = []
+    for pic in found:
+        match = theirs_by_name.get(Path(pic.name).with_suffix("").as_posix())
+        if match is None:
+            raise InputMissing(f"--sr folder {sr} has no picture named like {pic.name}; it needs one upscaled picture per HR picture")
+        paired.append(_Picture(pic.name, pic.hr, pic.lr, _image_loader(match)))
+    return paired
+
+
+def _crop_like(picture: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """An upscaled picture of the uncropped HR size, cropped like the HR picture was (to a
+    multiple of the scale); other sizes are left for :func:`_check_same_size` to refuse."""
+    extra_h, extra_w = picture.shape[-2] - hr.shape[-2], picture.shape[-1] - hr.shape[-1]
+    if 0 <= extra_h < scale and 0 <= extra_w < scale:
+        return picture[..., : hr.shape[-2], : hr.shape[-1]]
+    return picture
+
+
+def _check_same_size(sr: torch.Tensor, hr: torch.Tensor, where: str) -> torch.Tensor:
+    """An upscaled picture from elsewhere must have the HR picture's size (or the size cropped to
+    a multiple of the scale, which vsr's own LR gives)."""
+    from ..errors import InputError
+
+    if sr.shape[-2:] != hr.shape[-2:]:
+        raise InputError(f"{where} is {sr.shape[-1]}x{sr.shape[-2]} but its HR picture is {hr.shape[-1]}x{hr.shape[-2]}; give pictures of the HR size")
+    return sr
 
 
 def evaluate(
-    model: nn.Module | str,
+    model: nn.Module | str | None,
     hr_dir: str | Path,
     lr_dir: str | Path | None = None,
     *,
+    sr: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
     scale: int | None = None,
     device: str | torch.device = "auto",
     precision: str = "fp32",
@@ -181,78 +299,158 @@ def evaluate(
     upscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
     frames: int = VIDEO_FRAMES,
 ) -> EvalResult:
-    """PSNR/SSIM (Y, border = scale) of ``model`` on the pictures in ``hr_dir``, with the bicubic baseline.
+    """PSNR/SSIM (Y, border = scale) and the perceptual metrics of ``model`` (or of the pictures
+    in ``sr``) on the pictures in ``hr_dir``, beside the bicubic baseline.
 
     ``hr_dir`` is a folder of HR pictures, one image file, or a video file (``frames`` frames
-    spread evenly across it, decoded and converted to RGB as ``vsr run`` does, are the HR pictures).
+    spread evenly across it, decoded and converted to RGB as ``vsr run`` does, are the HR
+    pictures; tOF and the warping error are measured on its first ``frames`` frames in a row).
     LR inputs come from ``lr_dir`` (same names, HR = LR * scale) or, without it, from antialiased
     bicubic downscaling of the HR picture (cropped to a multiple of the scale) rounded to 8 bits.
     The model output is rounded to 8 bits before measuring, as a saved picture would be. ``model`` is
-    a module with ``.spec`` or a name/path for :func:`vsr.models.load`. ``progress`` is an optional
+    a module with ``.spec`` or a name/path for :func:`vsr.models.load`; ``None`` with ``sr``, the
+    upscaled pictures another tool made (a folder with the same names, an image, or a video with
+    the same frames; ``scale`` then defaults to 4 and is only used for the bicubic baseline and the
+    border). ``metrics`` names the metrics to take (``None``: every one that can run here; see
+    :func:`vsr.perceptual.scores.choose`). ``progress`` is an optional
     :class:`vsr.progress.Progress` (start/update/close), counted in pictures.
     """
-    from ..errors import InputError, UsageError
-    from .degrade import bicubic_downsample, bicubic_upsample
+    from ..errors import InputError, InputMissing, UsageError
+    from ..perceptual import scores
     from .data import read_rgb, to_tensor
 
-    name = model if isinstance(model, str) else getattr(getattr(model, "spec", None), "describe", lambda: type(model).__name__)()
-    if isinstance(model, str):
-        from .. import models
-
-        model = models.load(model)
-    spec = model.spec
-    if scale is not None and scale != spec.scale:
-        raise UsageError(f"--scale {scale} does not match the model, which upscales x{spec.scale}; leave --scale out")
-    scale = spec.scale
     hr_dir = Path(hr_dir).expanduser()
     if not hr_dir.exists():
-        from ..errors import InputMissing
-
         raise InputMissing(f"{hr_dir} does not exist; give a folder of HR pictures, an image or a video")
-    pictures = _pictures(hr_dir, lr_dir, scale, frames)
+    if sr is not None:
+        if model is not None or upscale is not None:
+            raise UsageError("--sr scores pictures another tool made; leave out --model")
+        sr = Path(sr).expanduser()
+        if not sr.exists():
+            raise InputMissing(f"--sr {sr} does not exist; give the upscaled pictures (a folder, an image or a video)")
+        scale = scale or 4
+        name = f"pictures in {sr}"
+    else:
+        if model is None:
+            raise UsageError("evaluate needs a model or the pictures to score (sr)")
+        name = model if isinstance(model, str) else getattr(getattr(model, "spec", None), "describe", lambda: type(model).__name__)()
+        if isinstance(model, str):
+            from .. import models
 
-    if upscale is None:
+            model = models.load(model)
+        spec = model.spec
+        if scale is not None and scale != spec.scale:
+            raise UsageError(f"--scale {scale} does not match the model, which upscales x{spec.scale}; leave --scale out")
+        scale = spec.scale
+    video = _is_video(hr_dir)
+    choice = scores.choose(tuple(m for m in metrics if m not in ("psnr", "ssim")) if metrics is not None else None, video=video)
+    pictures = _pictures(hr_dir, lr_dir, sr, scale, frames)
+
+    if upscale is None and sr is None:
         from ..device import resolve_device, resolve_dtype
         from ..engines import TorchEngine
         from ..upscale import Upscaler
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         engine = TorchEngine(model, device=dev, dtype=resolve_dtype(precision))
-        runner = Upscaler(engine, tile=tile)
-        upscale = runner
+        upscale = Upscaler(engine, tile=tile)
+    scorer = scores.PictureScorer(choice.picture, crop_border=scale)
+
+    def upscaled(hr: torch.Tensor, lr_path: Path | None, theirs: Loader | None, where: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(HR cropped to the scale, the measured picture as uint8, bicubic as uint8)."""
+        if lr_path is not None:
+            lr = to_tensor(read_rgb(lr_path))[None]
+        else:
+            h, w = hr.shape[-2:]
+            hr = hr[..., : h - h % scale, : w - w % scale]
+            lr = bicubic_downsample(hr, scale)
+        if theirs is not None:
+            out = _check_same_size(_crop_like(theirs(), hr, scale), hr, where)
+        else:
+            with torch.inference_mode():
+                out = upscale(lr).float().cpu()
+        return hr, _quantize_hwc(out), _quantize_hwc(bicubic_upsample(lr, scale))
+
     rows = []
     if progress is not None:
         progress.start(len(pictures))
     try:
-        for done, (label, load_hr, lr_path) in enumerate(pictures, 1):
-            hr = load_hr()
-            if lr_path is not None:
-                lr = to_tensor(read_rgb(lr_path))[None]
-            else:
-                h, w = hr.shape[-2:]
-                hr = hr[..., : h - h % scale, : w - w % scale]
-                lr = bicubic_downsample(hr, scale)
-            if min(lr.shape[-2:]) * scale - 2 * scale < SSIM_WINDOW:
+        for done, pic in enumerate(pictures, 1):
+            where = hr_dir / pic.name if hr_dir.is_dir() else hr_dir
+            hr, sr8, bic8 = upscaled(pic.hr(), pic.lr, pic.sr, str(where))
+            if min(hr.shape[-2:]) - 2 * scale < SSIM_WINDOW:
                 need = SSIM_WINDOW + 2 * scale
-                where = hr_dir / label if hr_dir.is_dir() else hr_dir
                 raise InputError(f"{where} is too small to evaluate at x{scale}: it needs at least {need}x{need} pixels")
-            with torch.inference_mode():
-                sr = upscale(lr).float().cpu()
-            sr8, bic8 = _quantize_hwc(sr), _quantize_hwc(bicubic_upsample(lr, scale))
-            rows.append({
-                "name": label,
+            row = {
+                "name": pic.name,
                 "width": int(hr.shape[-1]),
                 "height": int(hr.shape[-2]),
                 "psnr": psnr_y(sr8, hr, crop=scale),
                 "ssim": ssim_y(sr8, hr, crop=scale),
                 "bicubic_psnr": psnr_y(bic8, hr, crop=scale),
                 "bicubic_ssim": ssim_y(bic8, hr, crop=scale),
-            })
+            }
+            row.update(scorer(sr8, hr))
+            row.update({f"bicubic_{k}": v for k, v in scorer(bic8, hr).items()})
+            rows.append(row)
             if progress is not None:
                 progress.update(done)
     finally:
         if progress is not None:
             progress.close()
-    keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return EvalResult(rows=rows, mean=mean, scale=scale, model=str(name), crop=scale)
+    keys = ["psnr", "ssim", *choice.picture]
+    mean: dict[str, float | None] = {}
+    for key in (*keys, *(f"bicubic_{k}" for k in keys)):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        mean[key] = float(np.mean(values)) if values else None
+    notes = [choice.note] if choice.note else []
+    if "niqe" in choice.picture and any(r.get("niqe") is None for r in rows):
+        notes.append(f"NIQE needs pictures of at least {scores.NIQE_MIN_SIDE + 2 * scale} pixels a side (one 96x96 block after the {scale}-pixel border); smaller ones are n/a")
+    sequence = None
+    seq_metrics = choice.sequence
+    if video and seq_metrics:
+        from ..perceptual.temporal import CUT_FRAMES
+        from .data import video_frame_count
+
+        total = video_frame_count(hr_dir)
+        window = min(total, max(frames, 2 * CUT_FRAMES + 2))  # tOF leaves CUT_FRAMES out at each end
+        if window < 2 * CUT_FRAMES + 2 and "tof" in seq_metrics:
+            if metrics is not None:
+                raise UsageError(f"--metrics tof needs a video of at least {2 * CUT_FRAMES + 2} frames; {hr_dir} has {total}")
+            seq_metrics = tuple(m for m in seq_metrics if m != "tof")
+            notes.append(f"tof not measured: {hr_dir} has {total} frames, tOF needs {2 * CUT_FRAMES + 2}")
+        if seq_metrics and window >= 2:
+            sequence = _sequence_metrics(hr_dir, sr, seq_metrics, scale, window, upscale)
+        mean.update({k: v for k, v in sequence.items() if k in SEQUENCE_METRICS or k.startswith("bicubic_")})
+    return EvalResult(rows=rows, mean=mean, scale=scale, model=str(name), crop=scale, notes=notes,
+                      sequence={"first": 0, "frames": sequence["frames"]} if sequence else None)
+
+
+
+def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str], scale: int, frames: int, upscale) -> dict[str, Any]:
+    """tOF and the warping error on the first ``frames`` frames of the video, in a row: the model's
+    (or ``sr_path``'s same frames) and bicubic's, against the HR frames."""
+    from ..perceptual.scores import score_sequence
+    from .data import video_frames_at
+
+    wanted = list(range(frames))
+    truth = _frame_loaders(video_frames_at(hr_path, wanted))
+    theirs = _frame_loaders(video_frames_at(sr_path, wanted)) if sr_path is not None else None
+    hr_frames, ours, bicubic = [], [], []
+    for k, load in enumerate(truth):
+        hr = load()
+        h, w = hr.shape[-2:]
+        hr = hr[..., : h - h % scale, : w - w % scale]
+        lr = bicubic_downsample(hr, scale)
+        if theirs is not None:
+            out = _check_same_size(_crop_like(theirs[k](), hr, scale), hr, f"{sr_path} frame {k}")
+        else:
+            with torch.inference_mode():
+                out = upscale(lr).float().cpu()
+        hr_frames.append(_quantize_hwc(hr))
+        ours.append(_quantize_hwc(out))
+        bicubic.append(_quantize_hwc(bicubic_upsample(lr, scale)))
+    result: dict[str, Any] = {"frames": len(hr_frames)}
+    result.update(score_sequence(metrics, ours, hr_frames))
+    result.update({f"bicubic_{k}": v for k, v in score_sequence(metrics, bicubic, hr_frames).items()})
+    return result

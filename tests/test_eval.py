@@ -106,6 +106,22 @@ def test_a_video_gets_tof_and_the_warping_error(capsys, perceptual_home, model_f
     assert code == 65 and "frame for frame" in one_line_error(err)
 
 
+def test_a_clip_too_short_for_a_sequence_metric(capsys, model_file, tmp_path):
+    one = media.make_clip(tmp_path / "one.mkv", vcodec="ffv1", size=(64, 48), frames=1, photo="astronaut")
+    code, err = run(capsys, "eval", one, "--model", model_file, "--metrics", "psnr,warp_error")
+    assert code == 2 and "warp_error needs a video of at least 2 frames" in one_line_error(err)
+    result = vsr_eval(capsys, one, "--model", model_file, "--metrics", "psnr")
+    assert result["images"][0]["name"] == "one.mkv#0" and "sequence" not in result
+    # Without --metrics, what the clip allows is measured and the rest is named.
+    from vsr.cli import main
+
+    four = media.make_clip(tmp_path / "four.mkv", vcodec="ffv1", size=(64, 48), frames=4, photo="astronaut")
+    assert main(["eval", str(four), "--model", str(model_file), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "warp_error" in result["mean"] and "tof" not in result["mean"]
+    assert any("tof not measured" in n for n in result["notes"]) and result["sequence"]["frames"] == 4
+
+
 def test_metrics_that_cannot_run_are_named(capsys, pictures, tmp_path, monkeypatch):
     hr, _ = pictures
     monkeypatch.setenv("VSR_HOME", str(tmp_path / "empty_home"))  # no perceptual files here

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable, UsageError, VsrError
+from .temporal import CUT_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ SEQUENCE_METRICS = ("tof", "warp_error")
 ALL_METRICS = ("psnr", "ssim", *PICTURE_METRICS, *SEQUENCE_METRICS)
 # Smallest picture NIQE can score: one 96x96 block after the border crop.
 NIQE_MIN_SIDE = 96
+# Fewest frames each sequence metric needs: tOF leaves CUT_FRAMES out at each end and compares
+# pairs; the warping error compares one pair.
+MIN_FRAMES = {"tof": 2 * CUT_FRAMES + 2, "warp_error": 2}
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,9 @@ def _to_tensor(picture: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)[None].float() / peak
 
 
-def _to_uint8(picture: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, as NIQE and the temporal metrics read pictures."""
+def to_uint8(picture: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, as a saved picture holds it and as NIQE and the temporal metrics read
+    pictures: a (1, 3, H, W) float tensor is clamped to [0, 1] and rounded; uint16 is scaled."""
     if isinstance(picture, torch.Tensor):
         return picture[0].detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     if picture.dtype == np.uint16:
@@ -154,7 +159,7 @@ class PictureScorer:
         if self._niqe is not None:
             from .niqe import niqe
 
-            rgb = _to_uint8(picture)
+            rgb = to_uint8(picture)
             small = min(rgb.shape[:2]) - 2 * self.crop_border < NIQE_MIN_SIDE
             out["niqe"] = None if small else float(niqe(rgb, self._niqe, crop_border=self.crop_border, convert="y"))
         return out
@@ -165,8 +170,8 @@ def score_sequence(metrics: Sequence[str], frames: Sequence[np.ndarray | torch.T
     (the flow for the warping error is the ground truth's: the best motion estimate there is)."""
     from . import temporal
 
-    ours = [_to_uint8(f) for f in frames]
-    theirs = [_to_uint8(f) for f in truth]
+    ours = [to_uint8(f) for f in frames]
+    theirs = [to_uint8(f) for f in truth]
     out: dict[str, float] = {}
     if "tof" in metrics:
         out["tof"] = temporal.tof(ours, theirs)

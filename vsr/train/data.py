@@ -146,8 +146,14 @@ def sample_video_frames(path: str | Path, count: int) -> list[np.ndarray]:
     total = video_frame_count(path)
     if total == 0:
         raise InputError(f"video {path} has no video frames to train on")
+    return video_frames_at(path, spread_indices(total, count))
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly over ``total`` frames (the middle of ``count`` equal
+    spans; all of them when there are fewer)."""
     n = min(count, total)
-    return video_frames_at(path, sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)}))
+    return sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)})
 
 
 def video_frames_at(path: str | Path, wanted: list[int]) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..perceptual.scores import PICTURE_METRICS, SEQUENCE_METRICS
+from ..perceptual.scores import PICTURE_METRICS, SEQUENCE_METRICS, to_uint8
 from .degrade import bicubic_downsample, bicubic_upsample
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _quantize_hwc(t: torch.Tensor) -> np.ndarray:
-    """``(1, 3, H, W)`` float -> ``(H, W, 3)`` uint8, as the picture would be saved."""
-    return t[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 VIDEO_FRAMES = 24  # frames taken evenly across a video handed to evaluate (and in a row, for tOF/warp)
 
 Loader = Callable[[], torch.Tensor]
@@ -214,16 +209,12 @@ def _frame_loaders(frames: list[np.ndarray]) -> list[Loader]:
     return [lambda a=a: to_tensor(to_float_rgb(a))[None] for a in frames]
 
 
-def _spread_indices(total: int, count: int) -> list[int]:
-    n = min(count, total)
-    return sorted({min(total - 1, int((k + 0.5) * total / n)) for k in range(n)})
-
-
-def _pictures(hr: Path, lr_dir: str | Path | None, sr: Path | None, scale: int, frames: int) -> list[_Picture]:
-    """What ``evaluate`` measures: a folder, one image, or ``frames`` frames spread across a video;
-    with ``sr``, each paired with the picture of the same name (or the video's same frame)."""
+def _pictures(hr: Path, lr_dir: str | Path | None, sr: Path | None, scale: int, frames: int, total: int | None) -> list[_Picture]:
+    """What ``evaluate`` measures: a folder, one image, or ``frames`` frames spread across a video
+    of ``total`` frames; with ``sr``, each paired with the picture of the same name (or the video's
+    same frame)."""
     from ..errors import InputError, InputMissing, UsageError
-    from .data import is_image, list_images, pair_folders, video_frame_count, video_frames_at
+    from .data import is_image, list_images, pair_folders, spread_indices, video_frame_count, video_frames_at
 
     if hr.is_file():
         if lr_dir is not None:
@@ -232,17 +223,17 @@ def _pictures(hr: Path, lr_dir: str | Path | None, sr: Path | None, scale: int, 
             if sr is not None and (not sr.is_file() or not is_image(sr)):
                 raise UsageError(f"--sr {sr}: for the image {hr}, give the upscaled image")
             return [_Picture(hr.name, _image_loader(hr), sr=_image_loader(sr) if sr is not None else None)]
-        total = video_frame_count(hr)
-        if total == 0:
+        if not total:
             raise InputError(f"video {hr} has no video frames to evaluate")
-        wanted = _spread_indices(total, frames)
+        wanted = spread_indices(total, frames)
         decoded = _frame_loaders(video_frames_at(hr, wanted))  # real decoded frames, converted with the stream's matrix
         theirs: list[Loader | None] = [None] * len(decoded)
         if sr is not None:
             if not _is_video(sr):
                 raise UsageError(f"--sr {sr}: for the video {hr}, give the upscaled video")
-            if video_frame_count(sr) != total:
-                raise InputError(f"--sr {sr} has {video_frame_count(sr)} frames and {hr} {total}; they must be the same clip, frame for frame")
+            theirs_total = video_frame_count(sr)
+            if theirs_total != total:
+                raise InputError(f"--sr {sr} has {theirs_total} frames and {hr} {total}; they must be the same clip, frame for frame")
             theirs = _frame_loaders(video_frames_at(sr, wanted))
         return [_Picture(f"{hr.name}#{k}", load, sr=mine) for k, (load, mine) in zip(wanted, zip(decoded, theirs, strict=True), strict=True)]
     if lr_dir is not None:
@@ -272,6 +263,26 @@ def _crop_like(picture: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Ten
     if 0 <= extra_h < scale and 0 <= extra_w < scale:
         return picture[..., : hr.shape[-2], : hr.shape[-1]]
     return picture
+
+
+def _measured(hr: torch.Tensor, lr_path: Path | None, theirs: Loader | None, *, scale: int, upscale, where: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(the HR picture cropped to a multiple of the scale, the picture measured as uint8 HWC,
+    bicubic's as uint8 HWC). LR is ``lr_path``'s picture or HR bicubic-downscaled; the measured
+    picture is the model's (``upscale``) or, with ``theirs``, another tool's at the HR size."""
+    from .data import read_rgb, to_tensor
+
+    if lr_path is not None:
+        lr = to_tensor(read_rgb(lr_path))[None]
+    else:
+        h, w = hr.shape[-2:]
+        hr = hr[..., : h - h % scale, : w - w % scale]
+        lr = bicubic_downsample(hr, scale)
+    if theirs is not None:
+        out = _check_same_size(_crop_like(theirs(), hr, scale), hr, where)
+    else:
+        with torch.inference_mode():
+            out = upscale(lr).float().cpu()
+    return hr, to_uint8(out), to_uint8(bicubic_upsample(lr, scale))
 
 
 def _check_same_size(sr: torch.Tensor, hr: torch.Tensor, where: str) -> torch.Tensor:
@@ -317,7 +328,7 @@ def evaluate(
     """
     from ..errors import InputError, InputMissing, UsageError
     from ..perceptual import scores
-    from .data import read_rgb, to_tensor
+    from .data import video_frame_count
 
     hr_dir = Path(hr_dir).expanduser()
     if not hr_dir.exists():
@@ -343,8 +354,9 @@ def evaluate(
             raise UsageError(f"--scale {scale} does not match the model, which upscales x{spec.scale}; leave --scale out")
         scale = spec.scale
     video = _is_video(hr_dir)
+    total = video_frame_count(hr_dir) if video else None  # counted once: pictures and the sequence use it
     choice = scores.choose(tuple(m for m in metrics if m not in ("psnr", "ssim")) if metrics is not None else None, video=video)
-    pictures = _pictures(hr_dir, lr_dir, sr, scale, frames)
+    pictures = _pictures(hr_dir, lr_dir, sr, scale, frames, total)
 
     if upscale is None and sr is None:
         from ..device import resolve_device, resolve_dtype
@@ -356,28 +368,13 @@ def evaluate(
         upscale = Upscaler(engine, tile=tile)
     scorer = scores.PictureScorer(choice.picture, crop_border=scale)
 
-    def upscaled(hr: torch.Tensor, lr_path: Path | None, theirs: Loader | None, where: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """(HR cropped to the scale, the measured picture as uint8, bicubic as uint8)."""
-        if lr_path is not None:
-            lr = to_tensor(read_rgb(lr_path))[None]
-        else:
-            h, w = hr.shape[-2:]
-            hr = hr[..., : h - h % scale, : w - w % scale]
-            lr = bicubic_downsample(hr, scale)
-        if theirs is not None:
-            out = _check_same_size(_crop_like(theirs(), hr, scale), hr, where)
-        else:
-            with torch.inference_mode():
-                out = upscale(lr).float().cpu()
-        return hr, _quantize_hwc(out), _quantize_hwc(bicubic_upsample(lr, scale))
-
     rows = []
     if progress is not None:
         progress.start(len(pictures))
     try:
         for done, pic in enumerate(pictures, 1):
             where = hr_dir / pic.name if hr_dir.is_dir() else hr_dir
-            hr, sr8, bic8 = upscaled(pic.hr(), pic.lr, pic.sr, str(where))
+            hr, sr8, bic8 = _measured(pic.hr(), pic.lr, pic.sr, scale=scale, upscale=upscale, where=str(where))
             if min(hr.shape[-2:]) - 2 * scale < SSIM_WINDOW:
                 need = SSIM_WINDOW + 2 * scale
                 raise InputError(f"{where} is too small to evaluate at x{scale}: it needs at least {need}x{need} pixels")
@@ -407,24 +404,18 @@ def evaluate(
     if "niqe" in choice.picture and any(r.get("niqe") is None for r in rows):
         notes.append(f"NIQE needs pictures of at least {scores.NIQE_MIN_SIDE + 2 * scale} pixels a side (one 96x96 block after the {scale}-pixel border); smaller ones are n/a")
     sequence = None
-    seq_metrics = choice.sequence
-    if video and seq_metrics:
-        from ..perceptual.temporal import CUT_FRAMES
-        from .data import video_frame_count
-
-        total = video_frame_count(hr_dir)
-        window = min(total, max(frames, 2 * CUT_FRAMES + 2))  # tOF leaves CUT_FRAMES out at each end
-        if window < 2 * CUT_FRAMES + 2 and "tof" in seq_metrics:
-            if metrics is not None:
-                raise UsageError(f"--metrics tof needs a video of at least {2 * CUT_FRAMES + 2} frames; {hr_dir} has {total}")
-            seq_metrics = tuple(m for m in seq_metrics if m != "tof")
-            notes.append(f"tof not measured: {hr_dir} has {total} frames, tOF needs {2 * CUT_FRAMES + 2}")
-        if seq_metrics and window >= 2:
-            sequence = _sequence_metrics(hr_dir, sr, seq_metrics, scale, window, upscale)
-        mean.update({k: v for k, v in sequence.items() if k in SEQUENCE_METRICS or k.startswith("bicubic_")})
+    if video and choice.sequence:
+        window = min(total, max(frames, *scores.MIN_FRAMES.values()))
+        short = [m for m in choice.sequence if window < scores.MIN_FRAMES[m]]
+        if short and metrics is not None:
+            raise UsageError(f"--metrics {short[0]} needs a video of at least {scores.MIN_FRAMES[short[0]]} frames; {hr_dir} has {total}")
+        notes.extend(f"{m} not measured: {hr_dir} has {total} frames, {m} needs {scores.MIN_FRAMES[m]}" for m in short)
+        measured = tuple(m for m in choice.sequence if m not in short)
+        if measured:
+            sequence = _sequence_metrics(hr_dir, sr, measured, scale, window, upscale)
+            mean.update({k: v for k, v in sequence.items() if k != "frames"})
     return EvalResult(rows=rows, mean=mean, scale=scale, model=str(name), crop=scale, notes=notes,
                       sequence={"first": 0, "frames": sequence["frames"]} if sequence else None)
-
 
 
 def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str], scale: int, frames: int, upscale) -> dict[str, Any]:
@@ -438,18 +429,10 @@ def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str
     theirs = _frame_loaders(video_frames_at(sr_path, wanted)) if sr_path is not None else None
     hr_frames, ours, bicubic = [], [], []
     for k, load in enumerate(truth):
-        hr = load()
-        h, w = hr.shape[-2:]
-        hr = hr[..., : h - h % scale, : w - w % scale]
-        lr = bicubic_downsample(hr, scale)
-        if theirs is not None:
-            out = _check_same_size(_crop_like(theirs[k](), hr, scale), hr, f"{sr_path} frame {k}")
-        else:
-            with torch.inference_mode():
-                out = upscale(lr).float().cpu()
-        hr_frames.append(_quantize_hwc(hr))
-        ours.append(_quantize_hwc(out))
-        bicubic.append(_quantize_hwc(bicubic_upsample(lr, scale)))
+        hr, out, bic = _measured(load(), None, theirs[k] if theirs else None, scale=scale, upscale=upscale, where=f"{sr_path} frame {k}")
+        hr_frames.append(to_uint8(hr))
+        ours.append(out)
+        bicubic.append(bic)
     result: dict[str, Any] = {"frames": len(hr_frames)}
     result.update(score_sequence(metrics, ours, hr_frames))
     result.update({f"bicubic_{k}": v for k, v in score_sequence(metrics, bicubic, hr_frames).items()})

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
-from ..files import file_lock, now_iso, sha256_file, write_text
+from ..files import file_lock, now_iso, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Manifest:
     def _write(self, data: dict[str, Any]) -> None:
         # Under the manifest lock: replacing the file is ours to do, and no output claim is needed.
         try:
-            write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n", overwrite=True, claim_output=False)
+            write_json(self.path, data, indent=1)
         except OutputError as err:
             raise OutputError(f"cannot write the batch manifest {self.path} ({err}); check free space") from err
 

@@ -53,11 +53,11 @@ def check_perceptual_source(net: str, weights: str) -> None:
 
 def perceptual_features(net: str, weights: str, layers: Sequence[str]) -> nets.FeatureStack:
     """The frozen VGG feature stack the perceptual loss uses (see the module notes)."""
-    check_perceptual_source(net, weights)
     layers = perceptual_layers(net, layers)
-    if weights:
+    if weights or net == "vgg19":
+        check_perceptual_source(net, weights)  # a missing user file is a config error, not a load error
         return nets.vgg_from_file(Path(weights).expanduser(), net, layers=layers)
-    return nets.vgg16(layers=layers)
+    return nets.vgg16(layers=layers)  # loading checks the offline file once (exit 69 / 65)
 
 
 class PerceptualLoss(nn.Module):

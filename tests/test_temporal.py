@@ -17,7 +17,7 @@ import pytest
 from vsr.errors import BackendUnavailable
 from vsr.perceptual.temporal import occluded, tof, tof_crop, warp_error, warp_error_pair
 
-cv2 = pytest.importorskip("cv2")
+cv2 = pytest.importorskip("cv2", reason='needs OpenCV: pip install "vsr[metrics]"')
 
 
 def pan(frames: int = 10, size: tuple[int, int] = (96, 128), step: tuple[int, int] = (1, 3),

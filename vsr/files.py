@@ -5,7 +5,7 @@ publish, digests with sidecars, claims on outputs and file locks (DESIGN.md sect
 folder (so the final rename never crosses file systems), shortened to fit the file system's name
 limit (a long ``<name>`` is cut and tagged with a hash of the whole name). Two processes never
 share one, and a leftover of a killed process is recognised by its host and pid and removed by
-the next writer of the same file. vsr never deletes or replaces a file whose name it did not make.
+the next vsr process that writes into the same folder (once per folder and process). vsr never deletes or replaces a file whose name it did not make.
 
 **Publishing.** :func:`publish` fsyncs the finished temporary file and gives it its name in one
 step: ``os.replace`` where the caller may replace what is there (``--overwrite``, caches, the batch
@@ -58,9 +58,6 @@ _LOCK_MAGIC = "vsr output lock"
 _CHUNK = 1 << 20
 # Host names go into temporary names: letters, digits and '-' only, at most 64 characters.
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:64]
-# The widest "<host>.<pid>.<random>" part a temporary name can have: names are cut to leave room
-# for it, so the cut (and so the name of a dead process's leftover) does not depend on the pid.
-_TEMP_TAIL_WIDTH = len(HOST) + 1 + 10 + 1 + 8 + 2
 
 
 def now_iso() -> str:
@@ -104,16 +101,11 @@ def check_name(path: Path) -> None:
         raise OutputError(f"output name {path.name[:40]}... is {size} bytes long and the file system allows {limit}; choose a shorter name")
 
 
-def _temp_prefix(path: Path) -> str:
-    """The part of a temporary name that comes from ``path`` (the same for every process here)."""
-    limit = name_max(path.parent)
-    return fit_name("." + path.name, "", limit - _TEMP_TAIL_WIDTH - len(TEMP_SUFFIX))
-
-
 def temp_path(path: Path) -> Path:
     """A private temporary name beside ``path`` that fits the file system's name limit."""
     path = Path(path)
-    return path.with_name(f"{_temp_prefix(path)}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    tail = f".{HOST}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    return path.with_name(fit_name("." + path.name, tail, name_max(path.parent)))
 
 
 def lock_path(path: Path) -> Path:
@@ -122,30 +114,38 @@ def lock_path(path: Path) -> Path:
     return path.with_name(fit_name("." + path.name, LOCK_SUFFIX, name_max(path.parent)))
 
 
+# Folders whose leftovers this process has cleared: once per folder is enough (a dead process
+# writes nothing more), and a folder of thousands of images is listed once, not once per image.
+_swept: set[str] = set()
+_swept_guard = threading.Lock()
+
+
 def remove_stale_temps(path: Path) -> None:
-    """Delete temporary files of ``path`` left by processes of this host that are gone.
+    """Delete the temporary files in ``path``'s folder left by vsr processes of this host that
+    are gone (once per folder and process).
 
     Only names of :func:`temp_path`'s pattern are touched; another host's may still be in use
     (shared storage), and this process's own belong to a write still under way."""
-    path = Path(path)
-    prefix = _temp_prefix(path)
+    folder = Path(path).parent
+    key = os.path.abspath(folder)
+    with _swept_guard:
+        if key in _swept:
+            return
+        _swept.add(key)
     try:
-        candidates = list(path.parent.iterdir())
+        names = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)]
     except OSError:
         return
-    for tmp in candidates:
-        name = tmp.name
-        if not (name.startswith(prefix + ".") and name.endswith(TEMP_SUFFIX)):
+    for name in names:
+        parts = name[: -len(TEMP_SUFFIX)].rsplit(".", 3)  # [.<name cut>, host, pid, random]
+        if len(parts) != 4 or parts[1] != HOST or not parts[2].isdigit():
             continue
-        parts = name[len(prefix) + 1 : -len(TEMP_SUFFIX)].split(".")
-        if len(parts) != 3 or parts[0] != HOST or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
+        pid = int(parts[2])
         if pid == os.getpid() or pid_alive(pid):
             continue
-        log.info("removing %s, left by an interrupted vsr process", tmp)
+        log.info("removing %s, left by an interrupted vsr process", folder / name)
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            (folder / name).unlink()
 
 
 def pid_alive(pid: int) -> bool:

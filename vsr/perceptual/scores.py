@@ -77,6 +77,12 @@ def _missing(name: str) -> str | None:
     return None
 
 
+def available(names: Sequence[str]) -> tuple[str, ...]:
+    """The metrics of ``names`` that can run here (for callers that take what there is, such as
+    training's validation)."""
+    return tuple(n for n in names if _missing(n) is None)
+
+
 def choose(names: Sequence[str] | None, *, video: bool) -> Choice:
     """The metrics to take. ``names`` None: every one that can run (PSNR/SSIM always; the
     sequence metrics for a video only). Named ones must run: a missing file or package raises

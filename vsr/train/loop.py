@@ -636,11 +636,10 @@ def _validate(cfg: Config, generator: nn.Module, ema_module: nn.Module | None, d
     """PSNR/SSIM on ``data.val`` of the network export writes (the EMA when there is one) as
     ``psnr``/``ssim``, with LPIPS and NIQE when the perceptual files are there (``vsr models fetch
     perceptual``), and, with an EMA, PSNR/SSIM of the raw generator too as ``psnr_raw``/``ssim_raw``."""
-    from ..perceptual.scores import choose
+    from ..perceptual.scores import available
     from .metrics import evaluate
 
-    available = choose(None, video=False).picture
-    perceptual = tuple(m for m in VALIDATION_METRICS if m in available)
+    perceptual = available(VALIDATION_METRICS)  # only what validation takes is checked, not DISTS's VGG16
 
     def measure(model: nn.Module, metrics: tuple[str, ...]) -> dict[str, float]:
         was_training = model.training

@@ -36,7 +36,7 @@ from vsr.media.dali_decode import (
     iter_media_dali,
 )
 from vsr.media.decode import CopiedPacket, iter_media, open_input
-from vsr.pipeline import planes_to_rgb
+from vsr.planes import planes_to_rgb
 
 VP9 = {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "0"}
 VFR_PTS = [0, 1, 2, 5, 6, 8, 13, 14]  # in 1/30 s; WebM stores milliseconds

@@ -180,6 +180,14 @@ FORBIDDEN = {
     "vsr.files": ("vsr.",),
     # Batch works on files and runs; engine internals are not its business.
     "vsr.batch": ("vsr.engines.cache",),
+    # The threads-and-channels skeleton of a run knows nothing of media or models.
+    "vsr.stages": ("vsr.",),
+    # The compute stage and the colour conversion serve vsr run and vsr batch alike: they never
+    # reach up into either.
+    "vsr.video_compute": ("vsr.pipeline", "vsr.batch", "vsr.cli"),
+    "vsr.planes": ("vsr.pipeline", "vsr.batch", "vsr.cli", "vsr.upscale"),
+    # Training and evaluation decode video frames through vsr.planes, not the run's pipeline.
+    "vsr.train": ("vsr.pipeline", "vsr.batch"),
 }
 #: Exceptions to FORBIDDEN: what the module may import after all.
 ALLOWED = {"vsr.files": ("vsr.errors",)}

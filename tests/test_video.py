@@ -428,7 +428,7 @@ def test_out_of_memory_retries_then_fails_with_75(tmp_path, caplog, clips, model
 def test_channel_bounds_frames_but_not_packets():
     import threading
 
-    from vsr.pipeline import Channel
+    from vsr.stages import Channel
 
     stop = threading.Event()
     ch = Channel(2, stop)
@@ -453,7 +453,7 @@ def test_groups_computed_on_several_threads_come_out_in_order():
     # get them in decode order, whichever finishes first.
     import threading
 
-    from vsr.pipeline import in_order
+    from vsr.video_compute import in_order
 
     made, started = [], []
 

@@ -31,7 +31,6 @@ single run; with a lossless encoder (libx264 ``qp=0``) the decoded output is ide
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -48,8 +47,10 @@ from ..media.decode import CopiedPacket, Cut, iter_media, open_input
 from ..media.encode import EncodeSettings, Muxer, container_format
 from ..media.plan import PictureOptions
 from ..media.trim import Trim
-from ..pipeline import QUEUE_FRAMES, BatchCompute, Channel, Stage, Stopped, check_trim, compute_groups, cuda_index, plan_output, write_batch
+from ..pipeline import QUEUE_FRAMES, check_trim, cuda_index, plan_output
+from ..stages import Channel, Stages
 from ..upscale import Upscaler
+from ..video_compute import compute_frames, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -428,36 +429,26 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
 
 
 def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, plan, on_frame) -> int:
-    """Batches through the network (:func:`vsr.pipeline.compute_groups`: on this thread, or on an
-    engine's concurrent compute threads); encoding on a second thread, joined by the pipeline's
-    bounded channel (PyAV and torch release the GIL, so they overlap). Returns the number of frames
-    decoded."""
-    stop = threading.Event()
-    computed = Channel(QUEUE_FRAMES + upscaler.batch, stop)
+    """Batches through the network as in ``vsr run`` (:func:`vsr.video_compute.compute_frames`, with
+    torch's glue on one thread beside a CPU engine's own pool); encoding on a second thread, joined
+    by a bounded channel (PyAV and torch release the GIL, so they overlap). Returns the number of
+    frames decoded."""
+    stages = Stages()
+    computed = stages.channel(QUEUE_FRAMES + upscaler.batch)
 
     def encode() -> None:
         while not Channel.is_end(item := computed.get()):
             write_batch(muxer, item, on_frame)
 
-    stage = Stage("segment-encode", encode, stop, computed.wake)
-    stage.start()
-    try:
-        # As vsr run: torch's glue on one thread beside a CPU engine's own pool, and the engine's
-        # concurrent calls (OpenVINO's streams) on compute threads of their own.
+    def compute() -> int:
         with upscaler.glue_threads():
-            count = compute_groups(frames, upscaler, lambda: BatchCompute(upscaler, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan), computed.put)
+            count = compute_frames(frames, upscaler, computed.put, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan)
         computed.close()
-        stage.join()
-    except BaseException as err:
-        stop.set()
-        computed.wake()
-        stage.join(timeout=30)
-        if isinstance(err, Stopped) and stage.error is not None:
-            raise stage.error from None
-        raise
-    if stage.error is not None:
-        raise stage.error
-    return count
+        stages.join()
+        return count
+
+    stages.start("segment-encode", encode)
+    return stages.run(compute)
 
 
 # --------------------------------------------------------------------------- reuse and join

@@ -161,7 +161,7 @@ def video_frames_at(path: str | Path, wanted: list[int]) -> list[np.ndarray]:
     them; the file is decoded once, up to the last frame needed."""
     from ..color import layout
     from ..media.decode import iter_media, open_input
-    from ..pipeline import planes_to_rgb
+    from ..planes import planes_to_rgb
 
     path = Path(path).expanduser()
     wanted_set = set(wanted)

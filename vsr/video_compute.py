@@ -1,0 +1,157 @@
+"""The compute stage of a run: decoded frames in, encoder-ready planes out, in order.
+
+Frames are grouped into batches (:func:`frame_batches`), each group is converted to RGB on the
+engine's device, oriented, upscaled, fitted to the output size and converted to the output's planes
+(:class:`BatchCompute`), on the calling thread or on an engine's concurrent compute threads
+(:func:`compute_groups`), and the encode side writes each group's frames with their own timestamps
+(:func:`write_batch`). ``vsr run`` (:mod:`vsr.pipeline`) and ``vsr batch`` segments
+(:mod:`vsr.batch.segments`) both compute through :func:`compute_frames`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from . import color
+from .frame import Frame
+from .media.encode import Muxer
+from .media.plan import VideoPlan
+from .media.presentation import Orientation
+from .planes import host_frames, planes_to_rgb, rgb_to_planes
+from .transfer import Transfer
+from .upscale import Upscaler, resample
+
+
+def compute_frames(
+    frames: Iterable[Frame], upscaler: Upscaler, put: Callable[[object, int], None], *, planar_fmt: str, colour: color.Colour, plan: VideoPlan,
+) -> int:
+    """Every frame of ``frames`` through :class:`BatchCompute` in groups (:func:`compute_groups`),
+    each result handed to ``put(result, frames_in_it)`` in order; returns the number of frames."""
+    return compute_groups(frames, upscaler, lambda: BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan), put)
+
+
+def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[], Callable], put: Callable[[object, int], None]) -> int:
+    """``put(make()(group), len(group))`` for consecutive groups of ``upscaler.batch`` frames, in
+    order (a video run's and a ``vsr batch`` segment's compute step); returns the frames put.
+
+    On the calling thread; or, with an engine that runs several calls at once
+    (``engine.concurrent()`` yielding more than 1: OpenVINO's CPU streams, torch eager on the CPU
+    with its threads split), on that many compute threads (:func:`in_order`), so that the
+    network's streams never wait for one another."""
+    concurrent = getattr(upscaler.engine, "concurrent", None)
+    count = 0
+    with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
+        groups = frame_batches(frames, upscaler.batch)
+        results = in_order(groups, make, workers) if workers > 1 else _on_this_thread(groups, make)
+        with contextlib.closing(results):
+            for result, n in results:
+                put(result, n)
+                count += n
+    return count
+
+
+def _on_this_thread(groups: Iterable[list[Frame]], make: Callable[[], Callable]) -> Iterator[tuple[object, int]]:
+    compute = make()
+    for group in groups:
+        yield compute(group), len(group)
+
+
+def in_order(groups: Iterable[list[Frame]], make: Callable[[], Callable], workers: int) -> Iterator[tuple[object, int]]:
+    """``(make()(group), len(group))`` for each group, in order, computed by ``workers`` threads
+    (``vsr-compute_N``, each with its own ``make()``) while the caller hands results on.
+
+    One group more than ``workers`` is submitted before the oldest is awaited, so a compute thread
+    that finishes never waits for the caller to give it the next group."""
+    local = threading.local()
+
+    def work(group: list[Frame]):
+        if not hasattr(local, "compute"):
+            local.compute = make()
+        return local.compute(group)
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="vsr-compute") as pool:
+        try:
+            for group in groups:
+                pending.append((pool.submit(work, group), len(group)))
+                if len(pending) > workers:
+                    future, n = pending.popleft()
+                    yield future.result(), n
+            while pending:
+                future, n = pending.popleft()
+                yield future.result(), n
+        finally:
+            for future, _ in pending:  # an error or a stop: drop what has not started
+                future.cancel()
+
+
+def frame_batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Consecutive frames in groups of up to ``size``. Some streams switch pixel format or colour
+    tags mid-file; a group never mixes them (one conversion per group)."""
+    pending: list[Frame] = []
+    for frame in frames:
+        if pending and (frame.pix_fmt, frame.colour) != (pending[0].pix_fmt, pending[0].colour):
+            yield pending
+            pending = []
+        pending.append(frame)
+        if len(pending) == size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+class BatchCompute:
+    """One group of frames through colour conversion, the network and back: returns what the
+    encode side takes (:func:`write_batch`): host planes, a wait function for their copy, and the
+    frames' timestamps."""
+
+    def __init__(self, upscaler: Upscaler, *, planar_fmt: str, colour: color.Colour, plan: VideoPlan):
+        self.upscaler = upscaler
+        self.transfer = Transfer(upscaler.engine.device)
+        self.planar_fmt, self.colour = planar_fmt, colour
+        self.size, self.resize, self.orient = (plan.height, plan.width), plan.resize, plan.orient
+
+    def __call__(self, group: list[Frame]):
+        with self.transfer.computing():
+            rgb = orient_frames(planes_to_rgb(group, self.upscaler.engine.device, self.transfer), self.orient)
+            out = fit_output(self.upscaler(rgb), self.size, self.resize)
+            host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
+        return host, ready, [(f.pts, f.time_base) for f in group]
+
+
+def write_batch(muxer: Muxer, item, on_frame: Callable[[int], None] | None = None) -> None:
+    """Encode a computed group (from :class:`BatchCompute`) once its device-to-host copy is done."""
+    host, ready, stamps = item
+    if ready is not None:
+        ready()
+    for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
+        muxer.write_frame(planes, pts, time_base)
+        if on_frame is not None:
+            on_frame(muxer.stats.frames)
+
+
+def orient_frames(rgb: torch.Tensor, orient: Orientation) -> torch.Tensor:
+    """Turn ``(N, C, H, W)`` frames the way a player shows them (``--auto-rotate``): ``k``
+    counterclockwise quarter turns, then a left-right mirror, as :class:`Orientation` says."""
+    if orient.quarter_turns:
+        rgb = torch.rot90(rgb, orient.quarter_turns, dims=(-2, -1))
+    if orient.hflip:
+        rgb = torch.flip(rgb, dims=(-1,))
+    return rgb.contiguous() if (orient.quarter_turns or orient.hflip) else rgb
+
+
+def fit_output(out: torch.Tensor, size: tuple[int, int], resize: bool) -> torch.Tensor:
+    """``--outscale`` resamples; otherwise a size made even for 4:2:0 gains a replicated edge row/column."""
+    if resize:
+        return resample(out, *size)
+    pad_h, pad_w = size[0] - out.shape[-2], size[1] - out.shape[-1]
+    if pad_h or pad_w:
+        out = torch.nn.functional.pad(out, (0, pad_w, 0, pad_h), mode="replicate")
+    return out

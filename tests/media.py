@@ -137,6 +137,8 @@ def _render(img: np.ndarray, x0: float, y0: float, w: float, h: float, size: tup
     sub = img[by0:by1, bx0:bx1]
     if sigma > 0:
         sub = gaussian(sub, sigma=sigma, channel_axis=-1, mode="nearest", preserve_range=True)
+    else:  # enlarging: skimage's warp needs a writeable buffer, and the cached photo is read-only
+        sub = sub.copy()
     # output (col, row) -> input (x, y), pixel centres at +0.5
     matrix = np.array(
         [[s, 0.0, x0 - bx0 + 0.5 * s - 0.5], [0.0, s, y0 - by0 + 0.5 * s - 0.5], [0.0, 0.0, 1.0]]
@@ -729,3 +731,66 @@ def planes(frame: av.VideoFrame) -> list[np.ndarray]:
         arr = rows[:, : plane.width * n * dtype.itemsize].copy().view(dtype)
         out.append(arr if n == 1 else arr.reshape(plane.height, plane.width, n))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Repeated pictures (--dedup): animation drawn on twos and threes, a slideshow, live action
+
+
+def animation_frames(size: tuple[int, int] = (96, 64)) -> tuple[np.ndarray, list[int]]:
+    """Float RGB frames of a 24 fps "animation" made of real photographs, and each frame's drawing
+    number (equal numbers: the same picture, so a frame whose number equals the one before repeats it).
+
+    In order: 6 drawings held on twos, 4 on threes (each a different crop of a photograph), a slow
+    pan on twos (a new camera position every second frame, 1.5 % of the width), a fade to black on
+    twos over a held drawing, and a held drawing whose "eye" (a small patch, 1/16 of the width)
+    blinks on and off every second frame: the one change a whole-frame comparison misses.
+    """
+    w, h = size
+    aspect = w / h
+    frames: list[np.ndarray] = []
+    ids: list[int] = []
+
+    def drawing(photo: str, cx: float, cy: float, wf: float) -> np.ndarray:
+        img = _photo(photo)
+        return _render(img, *_window(img.shape[0], img.shape[1], aspect, cx, cy, wf), size)
+
+    def hold(picture: np.ndarray, count: int) -> None:
+        ident = len(set(ids))
+        frames.extend([picture] * count)
+        ids.extend([ident] * count)
+
+    shots = [("astronaut", 0.45, 0.35), ("chelsea", 0.6, 0.45), ("coffee", 0.5, 0.4), ("rocket", 0.5, 0.5), ("astronaut", 0.55, 0.6), ("chelsea", 0.4, 0.5)]
+    for photo, cx, cy in shots:  # on twos
+        hold(drawing(photo, cx, cy, 0.5), 2)
+    for photo, cx, cy in shots[:4]:  # on threes
+        hold(drawing(photo, cy, cx, 0.6), 3)
+    for step in range(6):  # a slow pan on twos
+        hold(drawing("rocket", 0.3 + 0.015 * step, 0.55, 0.45), 2)
+    still = drawing("coffee", 0.5, 0.5, 0.7)
+    for step in range(6):  # a fade to black on twos
+        hold(still * (1.0 - step / 8), 2)
+    eye = drawing("chelsea", 0.63, 0.42, 0.45)
+    ew, eh = max(2, w // 16), max(2, h // 16)
+    shut = eye.copy()
+    shut[h // 3 : h // 3 + eh, w // 2 : w // 2 + ew] = shut[h // 3 : h // 3 + eh, w // 2 : w // 2 + ew].mean(axis=(0, 1)) * 0.3
+    for step in range(6):  # the eye blinks every second frame
+        hold(shut if step % 2 else eye, 2)
+    return np.stack(frames), ids
+
+
+def slideshow_frames(size: tuple[int, int] = (96, 64), per_slide: int = 12) -> tuple[np.ndarray, list[int]]:
+    """Float RGB frames of a slideshow: five photographs, each shown for ``per_slide`` frames
+    with hard cuts; and each frame's slide number."""
+    photos = ["astronaut", "coffee", "chelsea", "rocket", "astronaut"]
+    pictures = [camera_frames(p, size, frames=1, moves=[((0.5, 0.5, 0.9 - 0.2 * (k == 4)),) * 2])[0] for k, p in enumerate(photos)]
+    return np.stack([pic for pic in pictures for _ in range(per_slide)]), [k for k in range(len(photos)) for _ in range(per_slide)]
+
+
+def live_frames(size: tuple[int, int] = (96, 64), frames: int = 48, grain: float = 1.5, seed: int = 0) -> np.ndarray:
+    """Float RGB frames of live action: a camera that moves in every frame over three
+    photographs (hard cuts between them), with fresh sensor grain (``grain`` 8-bit codes, standard
+    deviation) in every frame, as a camera records it."""
+    rgb = camera_frames(["rocket", "chelsea", "coffee"], size, frames)
+    noise = np.random.default_rng(seed).normal(0.0, grain / 255.0, rgb.shape)
+    return np.clip(rgb + noise, 0.0, 1.0)

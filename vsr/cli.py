@@ -100,6 +100,8 @@ def _unit_interval(text: str) -> float:
 
 def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
+    from .dedup import DEFAULT_MODE as DEDUP_DEFAULT
+    from .dedup import MODES as DEDUP_MODES
     from .device import PRECISION_CHOICES
     from .engines.backends import BACKENDS
     from .models.zoo import DEFAULT_MODEL
@@ -136,6 +138,12 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--start", type=_time, metavar="TIME", help="start at TIME (seconds or HH:MM:SS.ms), frame-exact; audio and subtitles follow")
     video.add_argument("--duration", type=_time, metavar="TIME", help="take TIME (seconds or HH:MM:SS.ms) from --start")
     video.add_argument("--frames", type=_positive_int, metavar="N", help="take at most N frames from --start")
+    video.add_argument(
+        "--dedup", choices=DEDUP_MODES, default=None,
+        help=f"reuse the network's output for a repeated picture (held drawings, slides, pauses; every frame keeps its timestamp): "
+             f"exact (default{'' if DEDUP_DEFAULT == 'exact' else ' ' + DEDUP_DEFAULT}: bit-identical decoded frames), "
+             "auto (also near-identical ones: coding noise of a held picture, never a local change), off",
+    )
     video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
     video.add_argument("--decoder", choices=("pyav", "dali"), default=None, help="pyav (default, FFmpeg) or dali (NVIDIA DALI: NVDEC on GPU; VP8/VP9/MJPEG on CPU)")
 
@@ -390,7 +398,7 @@ def _encode_settings(args: argparse.Namespace):
 
 VIDEO_FLAGS = (
     "codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder",
-    "auto_rotate", "square_pixels", "start", "duration", "frames",
+    "auto_rotate", "square_pixels", "start", "duration", "frames", "dedup",
 )
 
 
@@ -492,12 +500,13 @@ def _upscale_images(args: argparse.Namespace, precision: str, tasks) -> int:
 
 def _run_video(args: argparse.Namespace, precision: str) -> int:
     from . import progress
+    from .dedup import DEFAULT_MODE as DEDUP_DEFAULT
     from .pipeline import VideoJob, check_job, run_video
 
     settings = _encode_settings(args)
     job = VideoJob(
         args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel,
-        decoder=args.decoder or "pyav", overwrite=args.overwrite, picture=_picture(args), trim=_trim(args),
+        decoder=args.decoder or "pyav", overwrite=args.overwrite, picture=_picture(args), trim=_trim(args), dedup=args.dedup or DEDUP_DEFAULT,
     )
     if not args.input.exists():
         from .errors import InputMissing
@@ -515,14 +524,14 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
             reporter.close()
             upscaler.engine.close()
     summary = {
-        "event": "done", "frames": result.frames, "seconds": round(result.seconds, 2), "fps": round(result.fps, 3),
+        "event": "done", "frames": result.frames, "reused": result.reused, "seconds": round(result.seconds, 2), "fps": round(result.fps, 3),
         "output": str(result.output), "bytes": result.output_bytes,
     }
     if args.progress == "json":
         print(json.dumps(summary), flush=True)
     elif not args.quiet:
         print(
-            f"vsr: done: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps), "
+            f"vsr: done: {result.frames} frames{f' ({result.reused} reused)' if result.reused else ''} in {result.seconds:.1f} s ({result.fps:.2f} fps), "
             f"{result.output} {_size(result.output_bytes)}",
             file=sys.stderr,
         )
@@ -540,6 +549,7 @@ def _size(n: int) -> str:
 def cmd_batch(args: argparse.Namespace) -> int:
     from . import progress
     from .batch.run import parse_shard, run_batch
+    from .dedup import DEFAULT_MODE as DEDUP_DEFAULT
 
     precision = _precision(args)
     reporter = progress.make("none" if args.quiet else args.progress)
@@ -547,7 +557,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         summary = run_batch(
             args.inputs, args.output_dir, make_upscaler=_upscaler_spec(args, precision), settings=_encode_settings(args),
             outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav", output_ext=args.output_ext,
-            picture=_picture(args), trim=_trim(args),
+            picture=_picture(args), trim=_trim(args), dedup=args.dedup or DEDUP_DEFAULT,
             workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
             segment_frames=args.segment_frames, segments=args.segments, overwrite=args.overwrite,
             shard=parse_shard(args.shard) if args.shard else None, progress=reporter,

@@ -30,6 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import color
+from .dedup import DEFAULT_MODE, Detector, check_mode, log_reuse
 from .errors import UsageError, VsrError
 from .files import check_output, publish
 from .frame import Frame, VideoInfo
@@ -48,7 +49,7 @@ from .media.plan import PictureOptions, VideoPlan, plan_video
 from .media.trim import Trim, check_decoder, format_time
 from .stages import Channel, Stages
 from .upscale import Upscaler
-from .video_compute import compute_frames, write_batch
+from .video_compute import FrameWriter, compute_frames
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class VideoJob:
     overwrite: bool = False
     picture: PictureOptions = PictureOptions()
     trim: Trim | None = None
+    dedup: str = DEFAULT_MODE  # vsr.dedup.MODES
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class RunResult:
     output: Path
     output_bytes: int
     info: VideoInfo
+    reused: int = 0  # frames whose output repeats the last computed frame's (--dedup)
 
     @property
     def fps(self) -> float:
@@ -95,6 +98,7 @@ def check_job(job: VideoJob) -> str:
     if fmt is None:
         raise UsageError(f"output {job.target} is not a video container vsr writes; use one of {', '.join(sorted(CONTAINERS))}")
     check_decoder(job.decoder, job.trim)
+    check_mode(job.dedup)
     check_encoder(fmt, job.settings)
     check_output(job.target, overwrite=job.overwrite, inputs=(job.source,))
     return fmt
@@ -160,14 +164,15 @@ def run_video(
         if on_start is not None:
             on_start(replace(info, frames_hint=frame_count_hint(info, job.trim, plan)))
         with publish(job.target, overwrite=job.overwrite) as partial, upscaler.glue_threads():
-            frames = _run(job, fmt, source, info, upscaler, partial, on_frame, codec=codec, pix_fmt=pix_fmt, plan=plan)
+            frames, reused = _run(job, fmt, source, info, upscaler, partial, on_frame, codec=codec, pix_fmt=pix_fmt, plan=plan)
     finally:
         source.close()
     seconds = time.perf_counter() - started
-    return RunResult(frames=frames, seconds=seconds, output=job.target, output_bytes=job.target.stat().st_size, info=info)
+    return RunResult(frames=frames, seconds=seconds, output=job.target, output_bytes=job.target.stat().st_size, info=info, reused=reused)
 
 
-def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, partial: Path, on_frame, *, codec: str, pix_fmt: str, plan: VideoPlan) -> int:
+def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, partial: Path, on_frame, *, codec: str, pix_fmt: str, plan: VideoPlan) -> tuple[int, int]:
+    """(frames written, frames reused) of the run: decode, compute and encode on their threads."""
     out_colour = color.for_output(info.colour, pix_fmt)
     muxer = Muxer(
         partial, fmt=fmt, info=info, source=source, plan=plan, settings=job.settings,
@@ -177,6 +182,8 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
     decoded = stages.channel(QUEUE_FRAMES + upscaler.batch)
     computed = stages.channel(QUEUE_FRAMES + upscaler.batch)
     counts = {"decoded": 0}
+    detector = Detector(job.dedup, upscaler.engine.device)
+    write = FrameWriter(muxer, on_frame)
 
     def decode() -> None:
         if job.decoder == "dali":
@@ -199,7 +206,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
             if isinstance(item, CopiedPacket):
                 muxer.write_packet(item)
             else:
-                write_batch(muxer, item, on_frame)
+                write(item)
 
     def compute():
         """The calling thread: frames through the network; copied packets passed on as they come."""
@@ -211,7 +218,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
                 else:
                     yield item
 
-        compute_frames(frames(), upscaler, computed.put, planar_fmt=muxer.planar_fmt, colour=out_colour, plan=plan)
+        compute_frames(frames(), upscaler, computed.put, planar_fmt=muxer.planar_fmt, colour=out_colour, plan=plan, detector=detector)
         computed.close()
         stages.join()
         return muxer.finish()
@@ -224,7 +231,8 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
             f"frame count mismatch: {counts['decoded']} decoded, {stats.frames} encoded, {stats.video_packets} video packets written; "
             f"the output was not published (please report this)"
         )
-    return stats.frames
+    log_reuse(detector, stats.frames)
+    return stats.frames, write.reused
 
 
 def _dali_device(upscaler: Upscaler) -> str:

@@ -4,7 +4,7 @@ Frames are grouped into batches (:func:`frame_batches`), each group is converted
 engine's device, oriented, upscaled, fitted to the output size and converted to the output's planes
 (:class:`BatchCompute`), on the calling thread or on an engine's concurrent compute threads
 (:func:`compute_groups`), and the encode side writes each group's frames with their own timestamps
-(:func:`write_batch`). ``vsr run`` (:mod:`vsr.pipeline`) and ``vsr batch`` segments
+(:class:`FrameWriter`). ``vsr run`` (:mod:`vsr.pipeline`) and ``vsr batch`` segments
 (:mod:`vsr.batch.segments`) both compute through :func:`compute_frames`.
 """
 
@@ -15,10 +15,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
 from . import color
+from .dedup import Detector
 from .frame import Frame
 from .media.encode import Muxer
 from .media.plan import VideoPlan
@@ -28,17 +31,40 @@ from .transfer import Transfer
 from .upscale import Upscaler, resample
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """A frame whose output is the last computed frame's (``--dedup``): only its own timestamp
+    travels on; the encode side writes the reused picture with it (:class:`FrameWriter`)."""
+
+    pts: int | None
+    time_base: Fraction
+
+
 def compute_frames(
     frames: Iterable[Frame], upscaler: Upscaler, put: Callable[[object, int], None], *, planar_fmt: str, colour: color.Colour, plan: VideoPlan,
+    detector: Detector | None = None,
 ) -> int:
     """Every frame of ``frames`` through :class:`BatchCompute` in groups (:func:`compute_groups`),
-    each result handed to ``put(result, frames_in_it)`` in order; returns the number of frames."""
-    return compute_groups(frames, upscaler, lambda: BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan), put)
+    each result handed to ``put(result, frames_in_it)`` in order; returns the number of frames.
+
+    With a ``detector`` (``--dedup``), a frame it calls a repeat of the last computed frame skips
+    the network and goes on as a :class:`Repeat`; the detector counts them."""
+    items = frames if detector is None or not detector.active else _marked(frames, detector)
+    return compute_groups(items, upscaler, lambda: BatchCompute(upscaler, planar_fmt=planar_fmt, colour=colour, plan=plan), put)
 
 
-def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[], Callable], put: Callable[[object, int], None]) -> int:
-    """``put(make()(group), len(group))`` for consecutive groups of ``upscaler.batch`` frames, in
-    order (a video run's and a ``vsr batch`` segment's compute step); returns the frames put.
+def _marked(frames: Iterable[Frame], detector: Detector) -> Iterator[Frame | Repeat]:
+    # In decode order on the calling thread: the detector's reference is the last computed frame.
+    for frame in frames:
+        yield Repeat(frame.pts, frame.time_base) if detector.is_repeat(frame) else frame
+    detector.close()
+
+
+def compute_groups(frames: Iterable[Frame | Repeat], upscaler: Upscaler, make: Callable[[], Callable], put: Callable[[object, int], None]) -> int:
+    """``put(make()(group), frames_computed)`` for consecutive groups of up to ``upscaler.batch``
+    frames to compute (:func:`frame_batches`), in order (a video run's and a ``vsr batch``
+    segment's compute step); returns the number of frames put, repeats included. A channel weighs
+    a group by the frames it computed: a repeat holds no picture of its own.
 
     On the calling thread; or, with an engine that runs several calls at once
     (``engine.concurrent()`` yielding more than 1: OpenVINO's CPU streams, torch eager on the CPU
@@ -47,11 +73,18 @@ def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[
     concurrent = getattr(upscaler.engine, "concurrent", None)
     count = 0
     with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
-        groups = frame_batches(frames, upscaler.batch)
-        results = in_order(groups, make, workers) if workers > 1 else _on_this_thread(groups, make)
+        sizes: deque[tuple[int, int]] = deque()  # (frames, frames computed) of each group handed out, in order
+
+        def groups() -> Iterator[list[Frame | Repeat]]:
+            for group in frame_batches(frames, upscaler.batch):
+                sizes.append((len(group), sum(isinstance(f, Frame) for f in group)))
+                yield group
+
+        results = in_order(groups(), make, workers) if workers > 1 else _on_this_thread(groups(), make)
         with contextlib.closing(results):
-            for result, n in results:
-                put(result, n)
+            for result, _ in results:
+                n, computed = sizes.popleft()
+                put(result, computed)
                 count += n
     return count
 
@@ -91,25 +124,31 @@ def in_order(groups: Iterable[list[Frame]], make: Callable[[], Callable], worker
                 future.cancel()
 
 
-def frame_batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
-    """Consecutive frames in groups of up to ``size``. Some streams switch pixel format or colour
-    tags mid-file; a group never mixes them (one conversion per group)."""
-    pending: list[Frame] = []
-    for frame in frames:
-        if pending and (frame.pix_fmt, frame.colour) != (pending[0].pix_fmt, pending[0].colour):
+def frame_batches(items: Iterable[Frame | Repeat], size: int) -> Iterator[list[Frame | Repeat]]:
+    """Consecutive frames in groups of up to ``size`` frames to compute, each :class:`Repeat` in
+    the group where it comes (it costs the network nothing). Some streams switch pixel format or
+    colour tags mid-file; a group never mixes them (one conversion per group)."""
+    pending: list[Frame | Repeat] = []
+    first: Frame | None = None
+    count = 0
+    for item in items:
+        if isinstance(item, Frame):
+            if first is not None and (item.pix_fmt, item.colour) != (first.pix_fmt, first.colour):
+                yield pending
+                pending, first, count = [], None, 0
+            first = first or item
+            count += 1
+        pending.append(item)
+        if count == size:
             yield pending
-            pending = []
-        pending.append(frame)
-        if len(pending) == size:
-            yield pending
-            pending = []
+            pending, first, count = [], None, 0
     if pending:
         yield pending
 
 
 class BatchCompute:
     """One group of frames through colour conversion, the network and back: returns what the
-    encode side takes (:func:`write_batch`): host planes, a wait function for their copy, and the
+    encode side takes (:class:`FrameWriter`): host planes, a wait function for their copy, and the
     frames' timestamps."""
 
     def __init__(self, upscaler: Upscaler, *, planar_fmt: str, colour: color.Colour, plan: VideoPlan):
@@ -118,23 +157,42 @@ class BatchCompute:
         self.planar_fmt, self.colour = planar_fmt, colour
         self.size, self.resize, self.orient = (plan.height, plan.width), plan.resize, plan.orient
 
-    def __call__(self, group: list[Frame]):
-        with self.transfer.computing():
-            rgb = orient_frames(planes_to_rgb(group, self.upscaler.engine.device, self.transfer), self.orient)
-            out = fit_output(self.upscaler(rgb), self.size, self.resize)
-            host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
-        return host, ready, [(f.pts, f.time_base) for f in group]
+    def __call__(self, group: list[Frame | Repeat]):
+        frames = [f for f in group if isinstance(f, Frame)]
+        host, ready = None, None
+        if frames:  # a group of repeats only has nothing to compute
+            with self.transfer.computing():
+                rgb = orient_frames(planes_to_rgb(frames, self.upscaler.engine.device, self.transfer), self.orient)
+                out = fit_output(self.upscaler(rgb), self.size, self.resize)
+                host, ready = self.transfer.download(rgb_to_planes(out, self.planar_fmt, self.colour))
+        return host, ready, [(f.pts, f.time_base, isinstance(f, Repeat)) for f in group]
 
 
-def write_batch(muxer: Muxer, item, on_frame: Callable[[int], None] | None = None) -> None:
-    """Encode a computed group (from :class:`BatchCompute`) once its device-to-host copy is done."""
-    host, ready, stamps = item
-    if ready is not None:
-        ready()
-    for planes, (pts, time_base) in zip(host_frames(host), stamps, strict=True):
-        muxer.write_frame(planes, pts, time_base)
-        if on_frame is not None:
-            on_frame(muxer.stats.frames)
+class FrameWriter:
+    """The encode side of the compute stage: writes each computed group (from
+    :class:`BatchCompute`) once its device-to-host copy is done, every frame with its own
+    timestamp; a repeat is written with the planes of the last computed frame (which may be in an
+    earlier group: groups arrive in order, on one thread). ``on_frame(frames_written)`` follows
+    every frame; :attr:`reused` counts the repeats written."""
+
+    def __init__(self, muxer: Muxer, on_frame: Callable[[int], None] | None = None):
+        self.muxer, self.on_frame = muxer, on_frame
+        self.reused = 0
+        self._last: list | None = None
+
+    def __call__(self, item) -> None:
+        host, ready, stamps = item
+        if ready is not None:
+            ready()
+        computed = iter(host_frames(host)) if host is not None else iter(())
+        for pts, time_base, repeat in stamps:
+            if repeat:
+                self.reused += 1
+            else:
+                self._last = next(computed)
+            self.muxer.write_frame(self._last, pts, time_base)
+            if self.on_frame is not None:
+                self.on_frame(self.muxer.stats.frames)
 
 
 def orient_frames(rgb: torch.Tensor, orient: Orientation) -> torch.Tensor:

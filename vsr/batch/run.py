@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..dedup import DEFAULT_MODE, check_mode
 from ..errors import InputMissing, Interrupted, OutputError, TransientError, UsageError, VsrError
 from ..media.encode import CONTAINERS, VIDEO_EXTENSIONS, EncodeSettings, check_encoder, container_format, encoder_record
 from ..media.plan import PictureOptions
@@ -245,6 +246,7 @@ def run_batch(
     output_ext: str | None = None,
     picture: PictureOptions = PictureOptions(),
     trim: Trim | None = None,
+    dedup: str = DEFAULT_MODE,
     workers: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
@@ -294,7 +296,8 @@ def run_batch(
                 # The same mistake as `vsr run x.mp4 x.mp4`, and the same exit code (73).
                 raise OutputError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
     check_decoder(decoder, trim)
-    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim)
+    check_mode(dedup)
+    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim, dedup=dedup)
     jobs = plan_jobs(sources, output_dir, output_ext)
     for fmt in sorted({container_format(job.target) for job in jobs}):
         check_encoder(fmt, settings)  # a bad --crf is a usage error before any job starts
@@ -473,6 +476,8 @@ def _options_record(options: BatchOptions, make_upscaler) -> dict[str, Any]:
         record["picture"] = asdict(options.picture)
     if options.trim is not None and options.trim.active:
         record["trim"] = options.trim.fingerprint()
+    if options.dedup == "auto":  # exact reuse computes the same pictures as off
+        record["dedup"] = options.dedup
     return record
 
 

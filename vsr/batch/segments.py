@@ -40,6 +40,7 @@ from typing import Any
 import av
 
 from .. import color
+from ..dedup import DEFAULT_MODE, Detector, log_reuse
 from ..errors import InputError, UsageError, VsrError
 from ..files import check_artifact, publish, publish_artifact, read_sidecar
 from ..frame import Frame, VideoInfo
@@ -50,7 +51,7 @@ from ..media.trim import Trim
 from ..pipeline import QUEUE_FRAMES, check_trim, cuda_index, plan_output
 from ..stages import Channel, Stages
 from ..upscale import Upscaler
-from ..video_compute import compute_frames, write_batch
+from ..video_compute import FrameWriter, compute_frames
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,7 @@ def encode_segment(
     outscale: float | None = None,
     hwaccel: str | None = None,
     picture: PictureOptions = PictureOptions(),
+    dedup: str = DEFAULT_MODE,
     fmt: str,
     extra: dict[str, Any] | None = None,
     on_frame: Callable[[int], None] | None = None,
@@ -378,13 +380,13 @@ def encode_segment(
     piece = Path(piece)
 
     def build(tmp: Path) -> dict[str, Any]:
-        meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, picture=picture, fmt=fmt, on_frame=on_frame)
+        meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, picture=picture, dedup=dedup, fmt=fmt, on_frame=on_frame)
         return {**(extra or {}), **meta}
 
     return publish_artifact(piece, build, key=f"{PIECE_SCHEMA}:{segment.index}")
 
 
-def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, picture: PictureOptions, fmt: str, on_frame) -> dict[str, Any]:
+def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, picture: PictureOptions, dedup: str, fmt: str, on_frame) -> dict[str, Any]:
     frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel, hwaccel_device=cuda_index(upscaler), picture=picture)
     first = next(frames_iter, None)
     if first is None:
@@ -409,7 +411,9 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
             yield frame
 
     try:
-        decoded = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, plan, on_frame)
+        # Each segment starts its own detector: its first frame is always computed.
+        detector = Detector(dedup, upscaler.engine.device)
+        decoded, reused = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, plan, on_frame, detector)
         stats = muxer.finish()
     except BaseException:
         muxer.abort()
@@ -424,31 +428,34 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
     return {
         "schema": PIECE_SCHEMA, "segment": segment.as_dict(), "frames": stats.frames, "codec": codec, "pix_fmt": pix_fmt,
         "width": plan.width, "height": plan.height, "scale": upscaler.scale, "format": fmt, "time_base": f"{tb.numerator}/{tb.denominator}",
-        "extradata": extradata.hex(), "packets": muxer.records,
+        "extradata": extradata.hex(), "packets": muxer.records, "dedup_reused": reused,
     }
 
 
-def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, plan, on_frame) -> int:
+def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscaler, colour, plan, on_frame, detector: Detector) -> tuple[int, int]:
     """Batches through the network as in ``vsr run`` (:func:`vsr.video_compute.compute_frames`, with
     torch's glue on one thread beside a CPU engine's own pool); encoding on a second thread, joined
     by a bounded channel (PyAV and torch release the GIL, so they overlap). Returns the number of
-    frames decoded."""
+    frames decoded and of frames that reused a computed output (``detector``, ``--dedup``)."""
     stages = Stages()
     computed = stages.channel(QUEUE_FRAMES + upscaler.batch)
+    write = FrameWriter(muxer, on_frame)
 
     def encode() -> None:
         while not Channel.is_end(item := computed.get()):
-            write_batch(muxer, item, on_frame)
+            write(item)
 
     def compute() -> int:
         with upscaler.glue_threads():
-            count = compute_frames(frames, upscaler, computed.put, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan)
+            count = compute_frames(frames, upscaler, computed.put, planar_fmt=muxer.planar_fmt, colour=colour, plan=plan, detector=detector)
         computed.close()
         stages.join()
         return count
 
     stages.start("segment-encode", encode)
-    return stages.run(compute)
+    count = stages.run(compute)
+    log_reuse(detector, count)
+    return count, write.reused
 
 
 # --------------------------------------------------------------------------- reuse and join

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..dedup import DEFAULT_MODE
 from ..media.encode import EncodeSettings
 from ..media.plan import PictureOptions
 from ..media.trim import Trim
@@ -32,6 +33,7 @@ class BatchOptions:
     output_ext: str | None = None  # default: the input's when vsr writes it, else .mkv
     picture: PictureOptions = PictureOptions()
     trim: Trim | None = None  # every job is cut the same way (previews of a whole folder)
+    dedup: str = DEFAULT_MODE  # vsr.dedup.MODES
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ class Worker:
         opts = unit.options
         job = VideoJob(
             unit.job.source, unit.job.target, settings=opts.settings, outscale=opts.outscale, hwaccel=opts.hwaccel,
-            decoder=opts.decoder, overwrite=unit.overwrite, picture=opts.picture, trim=opts.trim,
+            decoder=opts.decoder, overwrite=unit.overwrite, picture=opts.picture, trim=opts.trim, dedup=opts.dedup,
         )
         if not job.source.exists():
             raise InputMissing(f"input {job.source} does not exist")
@@ -140,7 +140,7 @@ class Worker:
         opts = unit.options
         meta = encode_segment(
             unit.job.source, unit.segment, piece, upscaler=self.upscaler, settings=opts.settings, outscale=opts.outscale,
-            hwaccel=opts.hwaccel, picture=opts.picture, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
+            hwaccel=opts.hwaccel, picture=opts.picture, dedup=opts.dedup, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
         )
         result.frames = int(meta["frames"])
         self.report(unit.key, result.frames)

@@ -1,0 +1,196 @@
+"""Which frames repeat a picture the network already computed (``--dedup off|exact|auto``).
+
+Animation is drawn on twos and threes, slideshows and screen recordings hold a picture for
+seconds: the network would compute the same picture again and again, and, after a lossy encode,
+"boil" a held drawing (its coding noise differs from frame to frame, and the network turns that
+noise into texture that crawls). :class:`Detector` looks at each decoded frame, in order, and says
+whether it is a repeat of the **last frame the network computed** (never just the previous frame,
+so a slow fade or pan, a little per frame, is recomputed as soon as it adds up). A repeat reuses
+that frame's whole upscaled output; it keeps its own timestamp, so the frame count, timestamps,
+audio and subtitles are those of a run without dedup (:mod:`vsr.video_compute`).
+
+Modes:
+
+* ``exact``: every plane bit-identical to the computed frame's. The output is the same as ``off``
+  (the network would compute the same numbers again).
+* ``auto``: near-identical: the difference is what a lossy encode of one picture leaves, judged
+  globally (mean absolute difference of each plane, :data:`AUTO`) AND locally (the mean absolute
+  difference of every small block, so a blinking eye or a moving mouth is never held), with at
+  most :data:`AUTO_MAX_REUSE` repeats in a row (the held output is refreshed at least that often).
+
+The statistics are computed on the decoded planes on the compute device (torch), in 8-bit code
+units whatever the bit depth. :func:`difference` is the pure part; thresholds are data.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UsageError
+from .frame import Frame
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "exact", "auto")
+DEFAULT_MODE = "exact"
+# Held runs at least this long are logged at -v (shorter ones, animation's twos and threes, at -vv).
+LOG_RUNS_FROM = 8
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When ``auto`` calls two decodes the same picture, in 8-bit code units.
+
+    ``mean``: the largest mean absolute difference of any plane over the whole frame; ``block``:
+    the largest mean absolute difference of any ``block`` x ``block`` square of the luma plane (and
+    the same area of each chroma plane); ``max_reuse``: repeats in a row before a recompute.
+    """
+
+    mean: float
+    block: float
+    block_size: int
+    max_reuse: int
+
+
+# Measured on x264-encoded drawings held on twos and threes (docs/BENCHMARKS.md, "Duplicate
+# frames"): see scripts/bench_dedup.py for the numbers these are set from.
+AUTO = Thresholds(mean=0.5, block=2.0, block_size=8, max_reuse=24)
+AUTO_MAX_REUSE = AUTO.max_reuse
+
+
+def check_mode(mode: str) -> str:
+    """A valid ``--dedup`` value, else a usage error (exit 2)."""
+    if mode not in MODES:
+        raise UsageError(f"--dedup {mode!r}: choose one of {', '.join(MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How far a frame is from the computed one: the largest per-plane mean and block mean of the
+    absolute difference (8-bit code units), and whether every plane is bit-identical."""
+
+    identical: bool
+    mean: float
+    block: float
+
+    def within(self, limits: Thresholds) -> bool:
+        """Whether ``auto`` may call the two the same picture."""
+        return self.identical or (self.mean <= limits.mean and self.block <= limits.block)
+
+
+def plane_tensors(frame: Frame, device: torch.device) -> list[torch.Tensor]:
+    """A frame's decoded planes as integer tensors on ``device`` (16-bit codes as int32)."""
+    out = []
+    for plane in frame.planes:
+        if isinstance(plane, np.ndarray):
+            data = plane.astype(np.int32) if plane.dtype == np.uint16 else plane
+            tensor = torch.from_numpy(np.ascontiguousarray(data))
+        else:  # DALI hands over torch tensors already
+            tensor = plane
+        out.append(tensor.to(device, non_blocking=True))
+    return out
+
+
+def difference(a: list[torch.Tensor], b: list[torch.Tensor], *, bits: int, block_size: int, full: bool = True) -> Difference:
+    """:class:`Difference` of two frames' planes (same layout). With ``full`` False only
+    ``identical`` is computed (``exact`` needs no statistics)."""
+    identical = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    if identical or not full:
+        return Difference(identical, 0.0 if identical else float("inf"), 0.0 if identical else float("inf"))
+    scale = 1.0 / (1 << max(0, bits - 8))
+    luma_h, luma_w = a[0].shape[-2], a[0].shape[-1]
+    means, blocks = [], []
+    for x, y in zip(a, b, strict=True):
+        diff = (x.to(torch.float32) - y.to(torch.float32)).abs() * scale
+        if diff.ndim == 3:  # packed (H, W, C): one plane per channel
+            diff = diff.permute(2, 0, 1)
+        else:
+            diff = diff[None]
+        # The same picture area for every plane: a 4:2:0 chroma block is half the luma block's side.
+        kh = max(1, round(block_size * diff.shape[-2] / luma_h))
+        kw = max(1, round(block_size * diff.shape[-1] / luma_w))
+        means.append(diff.mean(dim=(-2, -1)).max())
+        blocks.append(F.avg_pool2d(diff[None], (kh, kw), stride=(kh, kw), ceil_mode=True).max())
+    return Difference(False, float(torch.stack(means).max()), float(torch.stack(blocks).max()))
+
+
+class Detector:
+    """Marks each frame of a run, in order, as computed or as a repeat of the last computed frame.
+
+    One detector per run or ``vsr batch`` segment (a segment's first frame is always computed).
+    ``reused`` counts the repeats; ``held`` lists the runs of repeats as (first computed frame,
+    repeats) for the log.
+    """
+
+    def __init__(self, mode: str, device: torch.device, limits: Thresholds = AUTO):
+        self.mode = check_mode(mode)
+        self.device = torch.device(device)
+        self.limits = limits
+        self.reused = 0
+        self.held: list[tuple[int, int]] = []
+        self._ref: list[torch.Tensor] | None = None
+        self._ref_key: tuple | None = None
+        self._ref_index = -1
+        self._run = 0
+        self._index = -1
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+    def is_repeat(self, frame: Frame) -> bool:
+        """Whether ``frame`` repeats the last computed frame (then its output is reused); a frame
+        that is not becomes the new reference."""
+        self._index += 1
+        if self.mode == "off":
+            return False
+        key = (frame.pix_fmt, frame.colour, tuple(np.shape(p) for p in frame.planes))
+        planes = plane_tensors(frame, self.device)
+        if self._ref is not None and key == self._ref_key and self._may_reuse():
+            bits = _bits(frame)
+            diff = difference(self._ref, planes, bits=bits, block_size=self.limits.block_size, full=self.mode == "auto")
+            if diff.identical or (self.mode == "auto" and diff.within(self.limits)):
+                self._run += 1
+                self.reused += 1
+                return True
+        self._close_run()
+        self._ref, self._ref_key, self._ref_index = planes, key, self._index
+        return False
+
+    def close(self) -> None:
+        """End of the frames: log the last held run."""
+        self._close_run()
+
+    def _may_reuse(self) -> bool:
+        # Exact repeats are the same numbers again: nothing can drift, so no cap.
+        return self.mode == "exact" or self._run < self.limits.max_reuse
+
+    def _close_run(self) -> None:
+        if self._run:
+            self.held.append((self._ref_index, self._run))
+            # At -v only the long holds (title cards, pauses, slides); every held drawing at -vv.
+            level = logging.INFO if self._run >= LOG_RUNS_FROM else logging.DEBUG
+            log.log(level, "frames %d-%d reuse frame %d's output (--dedup %s)",
+                    self._ref_index + 1, self._ref_index + self._run, self._ref_index, self.mode)
+        self._run = 0
+
+
+def _bits(frame: Frame) -> int:
+    from .color import layout
+
+    lay = layout(frame.pix_fmt)
+    return lay.bits if lay is not None else 8
+
+
+def log_reuse(detector: Detector, frames: int) -> None:
+    """The run's one line on dedup (at -v): how many of its frames reused a computed output."""
+    if detector.active:
+        longest = max((n for _, n in detector.held), default=0)
+        log.info("--dedup %s: %d of %d frames reused a computed frame's output (%d held runs, the longest %d frames)",
+                 detector.mode, detector.reused, frames, len(detector.held), longest)

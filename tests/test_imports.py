@@ -128,7 +128,7 @@ def describe(component: list[str], graph: dict[str, dict[str, int]], modules: di
 
 def test_the_project_has_no_import_cycles():
     modules = project_modules()
-    assert "vsr.cli" in modules and "vsr.engines.tensorrt_engine" in modules and "vsr.kernels.yuv" in modules
+    assert "vsr.cli" in modules and "vsr.engines.trt_runtime" in modules and "vsr.kernels.yuv" in modules
     graph = import_graph(modules)
     found = cycles(graph)
     assert not found, "import cycles (break them with a shared lower module):\n" + "\n\n".join(
@@ -180,6 +180,11 @@ FORBIDDEN = {
     "vsr.files": ("vsr.",),
     # Batch works on files and runs; engine internals are not its business.
     "vsr.batch": ("vsr.engines.cache",),
+    # Loading and running a plan needs only the TensorRT runtime, never the builder (the ONNX reader,
+    # build options, the timing cache); building loads through the runtime, not the other way round.
+    "vsr.engines.trt_runtime": ("vsr.engines.trt_build",),
+    # What build and runtime share sits under both.
+    "vsr.engines.trt_common": ("vsr.engines.trt_build", "vsr.engines.trt_runtime"),
 }
 #: Exceptions to FORBIDDEN: what the module may import after all.
 ALLOWED = {"vsr.files": ("vsr.errors",)}

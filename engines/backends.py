@@ -88,9 +88,11 @@ def create_engine(
         _warn_precision(engine, dtype)
         return engine
     if backend == "tensorrt":
-        from .tensorrt_engine import BuildConfig, TrtEngine, _import_trt
+        from .trt_build import BuildConfig, engine_from_onnx
+        from .trt_common import import_trt
+        from .trt_runtime import TrtEngine
 
-        _import_trt()  # exit 69 with the install hint before any export work
+        import_trt()  # exit 69 with the install hint before any export work
         if engine_path is not None:
             engine = TrtEngine.from_file(engine_path, device=device)
         else:
@@ -101,7 +103,7 @@ def create_engine(
             onnx_path = cached_onnx(model, fp16=fp16)
             if tile:
                 config = BuildConfig(batch=batch, tile=(tile, tile), fp16=fp16)
-                engine = TrtEngine.from_onnx(onnx_path, config, spec=model.spec, device=device)
+                engine = engine_from_onnx(onnx_path, config, spec=model.spec, device=device)
             else:  # whole frames where memory allows: built for the size the Upscaler sends
                 from .trt_frames import trt_frame_engine
 

@@ -13,8 +13,10 @@ The file is what the onnxruntime and TensorRT backends load. Three facts shape t
 
 The :class:`~vsr.models.ModelSpec` travels inside the file as ``metadata_props["vsr.spec"]`` (JSON),
 so an engine built from the file knows scale, channels, ``multiple_of`` and the rest without the
-checkpoint. :func:`read_onnx_spec` reads it back; :func:`spec_from_json` is the pure decoder the
-engines share (it needs neither onnx nor onnxruntime).
+checkpoint. The spec's own fields are :meth:`ModelSpec.to_dict`, the form TensorRT engine sidecars
+store too. :func:`read_onnx_spec` reads it back; :func:`spec_from_json` is the pure decoder the
+engines share (it needs neither onnx nor onnxruntime). :func:`import_onnx` is the one place the
+``onnx`` package is imported for export and for reading ONNX files before a TensorRT build.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailable, InputError, OutputError, UsageError
-from ..models.spec import ModelSpec
+from ..models.spec import FIELDS, ModelSpec
 from ..files import check_output, publish
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def export_onnx(
     output = Path(output)
     check_output(output, overwrite=overwrite)
     data = build_onnx(model, fp16=fp16, batch=batch, tile=tile, dynamic=dynamic, opset=opset)
-    onnx = _import_onnx()
+    onnx = import_onnx("ONNX export", exporter=True)
     with publish(output, overwrite=overwrite) as tmp:
         try:
             tmp.write_bytes(data)
@@ -103,7 +105,7 @@ def build_onnx(
     """
     spec: ModelSpec = model.spec
     shape = input_shape(spec, batch=batch, tile=tile, dynamic=dynamic)
-    onnx = _import_onnx()
+    onnx = import_onnx("ONNX export", exporter=True)
     dtype = torch.float16 if fp16 else torch.float32
     # Export a CPU copy: the caller's model keeps its device and precision.
     net = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
@@ -166,21 +168,9 @@ def input_shape(
 
 
 def spec_to_json(spec: ModelSpec, **extra: Any) -> str:
-    """The ``vsr.spec`` metadata value: every spec field, plus ``extra`` (precision, shape, ...)."""
-    body = {
-        "format": FORMAT,
-        "arch": spec.arch,
-        # Pairs, not an object: sort_keys below must not reorder the constructor's arguments.
-        "params": [[k, v] for k, v in spec.params],
-        "scale": spec.scale,
-        "in_channels": spec.in_channels,
-        "out_channels": spec.out_channels,
-        "multiple_of": spec.multiple_of,
-        "min_size": spec.min_size,
-        "dtypes": list(spec.dtypes),
-        "tileable": spec.tileable,
-        "activation_per_pixel": spec.activation_per_pixel,
-    }
+    """The ``vsr.spec`` metadata value: ``format``, every spec field (:meth:`ModelSpec.to_dict`), plus
+    ``extra`` (precision, shape, ...)."""
+    body = {"format": FORMAT, **spec.to_dict()}
     clash = body.keys() & extra.keys()
     if clash:
         raise ValueError(f"extra metadata keys clash with the spec: {sorted(clash)}")
@@ -198,27 +188,15 @@ def spec_from_json(text: str, *, source: str = "ONNX file") -> tuple[ModelSpec, 
         body = json.loads(text)
         if body.get("format") != FORMAT:
             raise InputError(f"{source}: vsr.spec format {body.get('format')!r} is not {FORMAT}; re-export it with this vsr")
-        spec = ModelSpec(
-            arch=body.pop("arch"),
-            params=tuple((k, _tuplify(v)) for k, v in body.pop("params")),
-            scale=body.pop("scale"),
-            in_channels=body.pop("in_channels"),
-            out_channels=body.pop("out_channels"),
-            multiple_of=body.pop("multiple_of"),
-            min_size=body.pop("min_size"),
-            dtypes=tuple(body.pop("dtypes")),
-            tileable=body.pop("tileable"),
-            activation_per_pixel=body.pop("activation_per_pixel", 0.0),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        spec = ModelSpec.from_dict(body)
+    except (ValueError, AttributeError) as err:  # AttributeError: JSON that is not an object
         raise InputError(f"{source}: damaged vsr.spec metadata ({err}); re-export it with `vsr export-onnx`") from err
-    body.pop("format")
-    return spec, body
+    return spec, {k: v for k, v in body.items() if k != "format" and k not in FIELDS}
 
 
 def read_onnx_spec(path: Path) -> tuple[ModelSpec, dict[str, Any]]:
     """The :class:`ModelSpec` stored in an exported file, and the export facts (see :func:`spec_from_json`)."""
-    onnx = _import_onnx()
+    onnx = import_onnx("reading an ONNX file's vsr.spec")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf's DecodeError and friends: the file is not ONNX
@@ -232,12 +210,20 @@ def read_onnx_spec(path: Path) -> tuple[ModelSpec, dict[str, Any]]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _import_onnx():
+def import_onnx(purpose: str, hint: str = INSTALL_HINT, *, exporter: bool = False):
+    """The ``onnx`` package, or exit 69 saying that ``purpose`` needs it and how to install it (``hint``).
+
+    ``exporter``: also require ``onnxscript``, which torch's dynamo exporter needs (fail here with
+    the install command, not deep inside torch).
+    """
     try:
         import onnx
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it; fail here, not deep in torch)
+
+        if exporter:
+            import onnxscript  # noqa: F401
     except ImportError as err:
-        raise BackendUnavailable(f"ONNX export needs the onnx and onnxscript packages ({err.name} is missing): {INSTALL_HINT}") from err
+        needed = "the onnx and onnxscript packages" if exporter else "the onnx package"
+        raise BackendUnavailable(f"{purpose} needs {needed} ({err.name} is missing): {hint}") from err
     return onnx
 
 
@@ -257,11 +243,6 @@ def _example_input(shape: tuple[int | None, ...], spec: ModelSpec, dtype: torch.
 
 def _opset_of(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _tuplify(value: Any) -> Any:
-    # JSON has no tuples; spec params must stay hashable for the frozen ModelSpec.
-    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
 
 
 def _warn_external_data(output: Path) -> None:

@@ -1,6 +1,6 @@
 """TensorRT for ``--tile 0``: engines built around the inputs the Upscaler sends, not a fixed tile.
 
-A :class:`~vsr.engines.tensorrt_engine.TrtEngine` has one optimisation profile, and an Upscaler fits
+A :class:`~vsr.engines.trt_runtime.TrtEngine` has one optimisation profile, and an Upscaler fits
 every frame into it. With the old default profile (batch 4 of 256x256 tiles) a 960x540 frame became
 twelve overlapping tiles, a third of the GPU work redundant, even where the GPU had the memory for
 whole frames.
@@ -10,7 +10,8 @@ free memory (:func:`vsr.engines.profiles.plan_frames`, as for every engine witho
 the first call of an input size a TensorRT engine is built (once, through the engine cache) for
 exactly that size in batches of 1..``batch`` (:func:`vsr.engines.profiles.call_profile`). A video
 has one such size (its padded frame, or its tile); a folder of images of many sizes builds one
-engine per size, so for those ``--tile N`` (one engine for every size) is the better choice.
+engine per size, so for those ``--tile N`` (one engine for every size) is the better choice. The
+ONNX file is read, parsed and hashed once, on the first build, and serves every later size.
 """
 
 from __future__ import annotations
@@ -100,15 +101,19 @@ def trt_frame_engine(
     onnx_path: Path, *, spec: ModelSpec, device: torch.device, fp16: bool, batch: int, root: Path | None = None,
 ) -> SizedEngines:
     """TensorRT engines for ``onnx_path`` (a dynamic-shape export) built per input size."""
-    from .tensorrt_engine import BuildConfig, TrtEngine, _cuda_device
+    from .trt_build import BuildConfig, OnnxSource, engine_from_onnx
+    from .trt_common import cuda_device
+    from .trt_runtime import TrtEngine
 
-    device = _cuda_device(device)
+    device = cuda_device(device)
+    # Read lazily, on the first build; SizedEngines builds under its lock, as OnnxSource needs.
+    source = OnnxSource(onnx_path, spec=spec)
 
     def build(shape: Shape) -> TrtEngine:
         lo, opt, hi = call_profile(shape)
         config = BuildConfig(min_shape=lo, opt_shape=opt, max_shape=hi, fp16=fp16)
         try:
-            return TrtEngine.from_onnx(onnx_path, config, spec=spec, device=device, root=root)
+            return engine_from_onnx(source, config, device=device, root=root)
         except TransientError as err:
             # Out of device memory while building or creating the context: the Upscaler retries
             # with smaller tiles, as for an out-of-memory error of any engine.

@@ -357,11 +357,11 @@ def check_backend(backend: str, device: torch.device) -> None:
     elif backend == "tensorrt":
         if device.type != "cuda":
             raise Skip("TensorRT needs a CUDA device")
-        from vsr.engines.tensorrt_engine import _import_trt
+        from vsr.engines.trt_common import import_trt
         from vsr.errors import VsrError
 
         try:
-            _import_trt()
+            import_trt()
         except VsrError as err:
             raise Skip(str(err)) from None
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
@@ -392,13 +392,13 @@ def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device, args:
         from vsr.engines.ort_engine import OrtEngine
 
         return OrtEngine(onnx_for(model, fp16), device=device)
-    from vsr.engines.tensorrt_engine import BuildConfig, TrtEngine
+    from vsr.engines.trt_build import BuildConfig, engine_from_onnx
 
     if shape is not None:
         config = BuildConfig(min_shape=shape, opt_shape=shape, max_shape=shape, fp16=fp16)
     else:
         config = BuildConfig(batch=args.batch, fp16=fp16)
-    return TrtEngine.from_onnx(onnx_for(model, fp16), config, spec=model.spec, device=device)
+    return engine_from_onnx(onnx_for(model, fp16), config, spec=model.spec, device=device)
 
 
 def configs(args: argparse.Namespace, device: torch.device, skipped: list[str]) -> list[Config]:

@@ -88,9 +88,9 @@ def make_tensorrt(arch: str, precision: str, shape: str, device: str, folder: Pa
     pytest.importorskip("tensorrt", reason="TensorRT is not importable here")
     if not HAVE_ONNX:
         pytest.skip('needs onnx, onnxscript and onnxruntime: pip install "vsr[onnx]"')
-    from vsr.engines.tensorrt_engine import TrtEngine  # our own module: an import error must fail, not skip
+    from vsr.engines.trt_build import engine_from_onnx  # our own module: an import error must fail, not skip
 
-    return TrtEngine.from_onnx(onnx_file(arch, precision, shape, folder))
+    return engine_from_onnx(onnx_file(arch, precision, shape, folder))
 
 
 def make_openvino(arch: str, precision: str, shape: str, device: str, folder: Path) -> Engine:

@@ -134,7 +134,7 @@ def test_blend_weights_stay_on_the_gpu_between_calls():
 
 
 def test_tensorrt_alignment_copy_on_cuda():
-    from vsr.engines.tensorrt_engine import TENSOR_ALIGNMENT, aligned
+    from vsr.engines.trt_runtime import TENSOR_ALIGNMENT, aligned
 
     x = torch.rand(3, 3, 72, 120, device="cuda", dtype=torch.float16)
     assert aligned(x) is x and x.data_ptr() % TENSOR_ALIGNMENT == 0

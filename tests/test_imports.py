@@ -128,7 +128,7 @@ def describe(component: list[str], graph: dict[str, dict[str, int]], modules: di
 
 def test_the_project_has_no_import_cycles():
     modules = project_modules()
-    assert "vsr.cli" in modules and "vsr.engines.tensorrt_engine" in modules and "vsr.kernels.yuv" in modules
+    assert "vsr.cli" in modules and "vsr.engines.trt_runtime" in modules and "vsr.kernels.yuv" in modules
     graph = import_graph(modules)
     found = cycles(graph)
     assert not found, "import cycles (break them with a shared lower module):\n" + "\n\n".join(
@@ -188,6 +188,11 @@ FORBIDDEN = {
     "vsr.planes": ("vsr.pipeline", "vsr.batch", "vsr.cli", "vsr.upscale"),
     # Training and evaluation decode video frames through vsr.planes, not the run's pipeline.
     "vsr.train": ("vsr.pipeline", "vsr.batch"),
+    # Loading and running a plan needs only the TensorRT runtime, never the builder (the ONNX reader,
+    # build options, the timing cache); building loads through the runtime, not the other way round.
+    "vsr.engines.trt_runtime": ("vsr.engines.trt_build",),
+    # What build and runtime share sits under both.
+    "vsr.engines.trt_common": ("vsr.engines.trt_build", "vsr.engines.trt_runtime"),
 }
 #: Exceptions to FORBIDDEN: what the module may import after all.
 ALLOWED = {"vsr.files": ("vsr.errors",)}

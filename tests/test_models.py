@@ -137,6 +137,32 @@ def test_vsr_safetensors_carry_their_spec(tmp_path):
     assert checkpoint.read_metadata(path)["arch"] == "SRVGGNetCompact"
 
 
+def test_spec_dict_round_trip_through_json():
+    # The one stored form of a spec (ONNX metadata, TensorRT sidecars): written with sorted keys.
+    import json
+
+    from vsr.models.spec import FIELDS, ModelSpec
+
+    odd = ModelSpec(arch="X", params=(("z", (1, (2, 3))), ("a", None)), scale=2, in_channels=1, out_channels=3, multiple_of=4,
+                    min_size=8, dtypes=("fp32",), tileable=False, activation_per_pixel=12.5)
+    for spec in (tiny_rrdb(scale=2).spec, tiny_srvgg().spec, odd):
+        record = spec.to_dict()
+        assert tuple(record) == FIELDS
+        back = ModelSpec.from_dict(json.loads(json.dumps(record, sort_keys=True)))
+        assert back == spec and back.params == spec.params  # params order and tuples survive
+        assert back.activation_per_pixel == spec.activation_per_pixel
+        hash(back)
+    record = odd.to_dict()
+    # Other keys are left to the caller; fields with a default may be missing (older files).
+    assert ModelSpec.from_dict({**record, "precision": "fp16"}) == odd
+    required = {k: record[k] for k in ("arch", "params", "scale", "in_channels", "out_channels")}
+    assert ModelSpec.from_dict(required) == ModelSpec(arch="X", params=odd.params, scale=2, in_channels=1, out_channels=3)
+    assert ModelSpec.from_dict({**required, "params": {"z": [1, [2, 3]], "a": None}}).params == odd.params
+    for bad in ([1], {"arch": "X"}, {**required, "scale": "four"}, {**required, "params": [1, 2]}, {**required, "dtypes": 3}):
+        with pytest.raises(ValueError):
+            ModelSpec.from_dict(bad)
+
+
 def test_safetensors_bytes_are_deterministic(tmp_path):
     model = tiny_rrdb()
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"

@@ -117,7 +117,7 @@ def dist(tmp_path_factory) -> dict[str, Path]:
 
 def test_wheel_holds_exactly_the_source_tree(dist):
     expected = shipped_files()
-    assert "vsr/batch/run.py" in expected and "vsr/engines/tensorrt_engine.py" in expected and "vsr/kernels/yuv.py" in expected
+    assert "vsr/batch/run.py" in expected and "vsr/engines/trt_runtime.py" in expected and "vsr/kernels/yuv.py" in expected
     missing, extra = compare(expected, wheel_package_files(dist["wheel"]))
     assert not missing, f"left out of the wheel (add its package to [tool.setuptools] packages, or a package-data pattern, in pyproject.toml): {missing}"
     assert not extra, f"in the wheel but not in the source tree (a stale build?): {extra}"
@@ -228,7 +228,7 @@ def test_the_installed_wheel_is_what_runs(node):
     """The venv imports vsr from its own site-packages, never from the checkout."""
     code = (
         "import json, sys, sysconfig, importlib\n"
-        "mods = ['vsr', 'vsr.cli', 'vsr.batch.run', 'vsr.batch.ray_executor', 'vsr.engines.tensorrt_engine', 'vsr.kernels.yuv', 'vsr.train.loop']\n"
+        "mods = ['vsr', 'vsr.cli', 'vsr.batch.run', 'vsr.batch.ray_executor', 'vsr.engines.trt_runtime', 'vsr.kernels.yuv', 'vsr.train.loop']\n"
         "print(json.dumps({'site': sysconfig.get_paths()['purelib'], 'path': sys.path,"
         " 'files': {m: importlib.import_module(m).__file__ for m in mods}}))\n"
     )

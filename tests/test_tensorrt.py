@@ -16,8 +16,12 @@ import pytest
 import torch
 
 from vsr import files
-from vsr.engines import tensorrt_engine as te
-from vsr.engines.tensorrt_engine import BuildConfig, ShapeRange, TrtEngine, build_engine, plan_profile
+from vsr.engines import trt_build, trt_common, trt_runtime
+from vsr.engines.onnx_export import SPEC_KEY
+from vsr.engines.trt_build import BuildConfig, build_engine, engine_from_onnx, plan_profile
+from vsr.engines.trt_common import ShapeRange
+from vsr.engines.trt_runtime import TrtEngine
+from vsr.models.spec import ModelSpec
 from vsr.errors import BackendUnavailable, InputError, InputMissing, UsageError
 
 from helpers import tiny_rrdb
@@ -46,7 +50,7 @@ def small_onnx(*, weights=np.float16, io=TensorProto.FLOAT16, spec: str | None =
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     if spec is not None:
-        helper.set_model_props(model, {te.SPEC_METADATA_KEY: spec})
+        helper.set_model_props(model, {SPEC_KEY: spec})
     return model
 
 
@@ -61,11 +65,9 @@ def same_spec(a, b) -> bool:
 
 
 def spec_metadata(spec) -> str:
-    """The ``vsr.spec`` value as the exporter writes it (its own encoder when that module exists)."""
-    try:
-        from vsr.engines.onnx_export import spec_to_json
-    except ImportError:
-        return json.dumps(te.spec_to_dict(spec))
+    """The ``vsr.spec`` value as the exporter writes it."""
+    from vsr.engines.onnx_export import spec_to_json
+
     return spec_to_json(spec)
 
 
@@ -79,9 +81,10 @@ def onnx_file(tmp_path):
 # --------------------------------------------------------------------------- without TensorRT
 
 
-def test_module_imports_tensorrt_and_onnx_lazily():
-    # The CLI imports parse_shape from here at argparse time, on nodes without either package.
-    tree = ast.parse(Path(te.__file__).read_text())
+@pytest.mark.parametrize("module", [trt_common, trt_build, trt_runtime], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_modules_import_tensorrt_and_onnx_lazily(module):
+    # The CLI imports parse_shape from trt_build at argparse time, on nodes without either package.
+    tree = ast.parse(Path(module.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = {a.name for n in top for a in n.names} | {n.module or "" for n in top if isinstance(n, ast.ImportFrom) and not n.level}
     assert not any(name.split(".")[0] in ("tensorrt", "onnx", "google") for name in names)
@@ -90,7 +93,7 @@ def test_module_imports_tensorrt_and_onnx_lazily():
 def test_reading_onnx_without_the_onnx_package_is_exit_69(onnx_file, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` sees where it is not installed
     with pytest.raises(BackendUnavailable) as info:
-        te.inspect_onnx(onnx_file.read_bytes())
+        trt_build.inspect_onnx(onnx_file.read_bytes())
     assert info.value.exit_code == 69 and "\n" not in str(info.value)
     assert 'pip install "vsr[tensorrt]"' in str(info.value)
 
@@ -119,7 +122,7 @@ def _check_69(err: BackendUnavailable) -> None:
     [
         pytest.param(lambda p, o: build_engine(p, o, BuildConfig()), id="build_engine-output"),
         pytest.param(lambda p, o: build_engine(p), id="build_engine-cache"),
-        pytest.param(lambda p, o: TrtEngine.from_onnx(p, BuildConfig(fp16=True), root=o.parent), id="from_onnx"),
+        pytest.param(lambda p, o: engine_from_onnx(p, BuildConfig(fp16=True), root=o.parent), id="engine_from_onnx"),
         pytest.param(lambda p, o: TrtEngine.from_file(o), id="from_file"),
         pytest.param(lambda p, o: TrtEngine(b"plan", spec=SPEC), id="TrtEngine"),
     ],
@@ -144,30 +147,30 @@ def test_every_entry_point_is_exit_69_without_tensorrt(call, onnx_file, tmp_path
      ("11.0.0", ()), ("11.4.0.106", ()), ("12.1", ())],
 )
 def test_network_flags_per_version(version, flags):
-    assert te.network_flag_names(version) == flags
+    assert trt_common.network_flag_names(version) == flags
 
 
 @pytest.mark.parametrize("version", ["8.6.1", "9.3.0.1", "", "garbage"])
 def test_old_or_unknown_tensorrt_is_exit_69(version):
     with pytest.raises(BackendUnavailable) as info:
-        te.network_flag_names(version)
+        trt_common.network_flag_names(version)
     assert info.value.exit_code == 69 and "too old" in str(info.value)
 
 
 def test_parse_version():
-    assert te.parse_version("10.12.0.36") == (10, 12, 0)
-    assert te.parse_version("11.4.0.106") == (11, 4, 0)
-    assert te.parse_version("10.16") == (10, 16, 0)
-    assert te.parse_version("11.1.0.post1") == (11, 1, 0)
+    assert trt_common.parse_version("10.12.0.36") == (10, 12, 0)
+    assert trt_common.parse_version("11.4.0.106") == (11, 4, 0)
+    assert trt_common.parse_version("10.16") == (10, 16, 0)
+    assert trt_common.parse_version("11.1.0.post1") == (11, 1, 0)
 
 
 def test_torch_dtype_from_tensorrt_names():
     DataType = enum.Enum("DataType", "FLOAT HALF BF16 INT8 INT32 BOOL FP8")  # same member names as tensorrt.DataType
-    assert te.torch_dtype(DataType.HALF) is torch.float16
-    assert te.torch_dtype(DataType.FLOAT) is torch.float32
-    assert te.torch_dtype("BF16") is torch.bfloat16
+    assert trt_common.torch_dtype(DataType.HALF) is torch.float16
+    assert trt_common.torch_dtype(DataType.FLOAT) is torch.float32
+    assert trt_common.torch_dtype("BF16") is torch.bfloat16
     with pytest.raises(InputError):
-        te.torch_dtype(DataType.FP8)
+        trt_common.torch_dtype(DataType.FP8)
 
 
 def test_default_profile_is_batch_4_of_256_tiles():
@@ -187,11 +190,11 @@ def test_tile_profile_accepts_smaller_batches_and_tiles():
 
 
 def test_parse_shape():
-    assert te.parse_shape("4x3x256x256") == (4, 3, 256, 256)
-    assert te.parse_shape(" 1,3,64,48 ") == (1, 3, 64, 48)
+    assert trt_build.parse_shape("4x3x256x256") == (4, 3, 256, 256)
+    assert trt_build.parse_shape(" 1,3,64,48 ") == (1, 3, 64, 48)
     for bad in ("4x3x256", "4x3x256x0", "axbxcxd", "4x3x-1x256", ""):
         with pytest.raises(UsageError):
-            te.parse_shape(bad)
+            trt_build.parse_shape(bad)
 
 
 def test_explicit_profile():
@@ -238,24 +241,26 @@ def test_build_config_key_fields():
     json.dumps(base)  # JSON-able, for the key and the sidecar
 
 
-def test_spec_round_trip_and_rebuild_from_arch():
-    d = te.spec_to_dict(SPEC)
-    assert te.spec_from_dict(json.loads(json.dumps(d, sort_keys=True))) == SPEC  # params order survives
-    assert te.spec_from_dict({"arch": SPEC.arch, "params": dict(SPEC.params)}) == SPEC
+def test_sidecar_spec_round_trip_and_rebuild_from_arch():
+    d = SPEC.to_dict()
+    assert trt_runtime.sidecar_spec(json.loads(json.dumps(d, sort_keys=True))) == SPEC  # params order survives
+    assert trt_runtime.sidecar_spec({"arch": SPEC.arch, "params": dict(SPEC.params)}) == SPEC
     with pytest.raises(InputError):
-        te.spec_from_dict({"params": {}})
+        trt_runtime.sidecar_spec({"params": {}})
+    with pytest.raises(InputError):
+        trt_runtime.sidecar_spec({**d, "scale": "four"})
 
 
 def test_engine_metadata_sidecar():
-    meta = te.engine_metadata(
+    meta = trt_build.engine_metadata(
         spec=SPEC, profile=plan_profile(batch=2, tile=(64, 64)), precision="fp16", input_name="input", output_name="output",
         config=BuildConfig(batch=2, tile=(64, 64), fp16=True, timing_cache=Path("t.cache")),
         versions={"tensorrt": "10.12.0.36", "cuda": "13.0", "torch": "2.13.0"},
         device={"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}, onnx_sha256="0" * 64, onnx_path=Path("m.onnx"),
     )
     meta = json.loads(json.dumps(meta, sort_keys=True))  # as the sidecar is written
-    assert meta["format"] == te.ENGINE_FORMAT
-    assert te.spec_from_dict(meta["spec"]) == SPEC
+    assert meta["format"] == trt_build.ENGINE_FORMAT
+    assert ModelSpec.from_dict(meta["spec"]) == SPEC
     assert meta["profile"] == {"min": [1, 3, 16, 16], "opt": [2, 3, 64, 64], "max": [2, 3, 64, 64]}
     assert meta["precision"] == "fp16" and meta["input"] == "input" and meta["output"] == "output"
     assert meta["versions"]["tensorrt"] == "10.12.0.36" and meta["device"]["compute_capability"] == "9.0"
@@ -267,66 +272,66 @@ def test_engine_metadata_sidecar():
 
 
 def test_inspect_onnx_fp16_graph(onnx_file):
-    info = te.inspect_onnx(onnx_file.read_bytes())
+    info = trt_build.inspect_onnx(onnx_file.read_bytes())
     assert info.inputs == [("input", TensorProto.FLOAT16)] and info.outputs == [("output", TensorProto.FLOAT16)]
     assert info.weight_elements == {TensorProto.FLOAT16: 81, TensorProto.FLOAT: 4}
     assert info.precision == "fp16"  # the fp32 Resize scales do not make it mixed
-    assert json.loads(info.metadata[te.SPEC_METADATA_KEY])["arch"] == "RRDBNet"
-    assert json.loads(info.metadata[te.SPEC_METADATA_KEY])["scale"] == 4
+    assert json.loads(info.metadata[SPEC_KEY])["arch"] == "RRDBNet"
+    assert json.loads(info.metadata[SPEC_KEY])["scale"] == 4
     assert info.external_files == []
-    assert same_spec(te.read_spec(onnx_file, info), SPEC)
+    assert same_spec(trt_build.read_spec(onnx_file, info), SPEC)
 
 
 def test_inspect_onnx_fp32_mixed_and_old_ir(tmp_path):
-    fp32 = te.inspect_onnx(small_onnx(weights=np.float32, io=TensorProto.FLOAT).SerializeToString())
+    fp32 = trt_build.inspect_onnx(small_onnx(weights=np.float32, io=TensorProto.FLOAT).SerializeToString())
     assert fp32.precision == "fp32"
-    mixed = te.inspect_onnx(small_onnx(io=TensorProto.FLOAT).SerializeToString())  # autocast with keep_io_types
+    mixed = trt_build.inspect_onnx(small_onnx(io=TensorProto.FLOAT).SerializeToString())  # autocast with keep_io_types
     assert mixed.precision == "fp16 (fp32 I/O)" and mixed.weight_precision == "fp16"
-    old = te.inspect_onnx(small_onnx(inputs_list_initializers=True).SerializeToString())
+    old = trt_build.inspect_onnx(small_onnx(inputs_list_initializers=True).SerializeToString())
     assert [name for name, _ in old.inputs] == ["input"]
     with pytest.raises(InputError) as info:
-        te.read_spec(tmp_path / "x.onnx", fp32)
+        trt_build.read_spec(tmp_path / "x.onnx", fp32)
     assert "vsr.spec" in str(info.value)
 
 
 def test_profile_follows_fixed_dims_of_the_graph():
-    dynamic = te.inspect_onnx(small_onnx().SerializeToString())
+    dynamic = trt_build.inspect_onnx(small_onnx().SerializeToString())
     assert dynamic.input_shape == (None, 3, None, None)
-    fixed = te.inspect_onnx(small_onnx(shape=(2, 3, 64, 64)).SerializeToString())
+    fixed = trt_build.inspect_onnx(small_onnx(shape=(2, 3, 64, 64)).SerializeToString())
     assert fixed.input_shape == (2, 3, 64, 64)
     default = BuildConfig()
-    assert te.fit_profile(default.profile(SPEC), dynamic.input_shape, default) == default.profile(SPEC)
-    assert te.fit_profile(default.profile(SPEC), fixed.input_shape, default) == ShapeRange(*[(2, 3, 64, 64)] * 3)
+    assert trt_build.fit_profile(default.profile(SPEC), dynamic.input_shape, default) == default.profile(SPEC)
+    assert trt_build.fit_profile(default.profile(SPEC), fixed.input_shape, default) == ShapeRange(*[(2, 3, 64, 64)] * 3)
     matching = BuildConfig(batch=2, tile=(64, 64))
-    assert te.fit_profile(matching.profile(SPEC), fixed.input_shape, matching) == ShapeRange(*[(2, 3, 64, 64)] * 3)
+    assert trt_build.fit_profile(matching.profile(SPEC), fixed.input_shape, matching) == ShapeRange(*[(2, 3, 64, 64)] * 3)
     tile_only = BuildConfig(tile=(128, 128))
     fixed_batch = (1, 3, None, None)
-    assert te.fit_profile(tile_only.profile(SPEC), fixed_batch, tile_only) == ShapeRange((1, 3, 16, 16), (1, 3, 128, 128), (1, 3, 128, 128))
+    assert trt_build.fit_profile(tile_only.profile(SPEC), fixed_batch, tile_only) == ShapeRange((1, 3, 16, 16), (1, 3, 128, 128), (1, 3, 128, 128))
     for config in (tile_only, BuildConfig(batch=4)):
         with pytest.raises(UsageError) as info:
-            te.fit_profile(config.profile(SPEC), fixed.input_shape, config)
+            trt_build.fit_profile(config.profile(SPEC), fixed.input_shape, config)
         assert "fixed" in str(info.value)
     # The key follows the profile actually built.
-    fitted = te.fit_profile(default.profile(SPEC), fixed.input_shape, default)
+    fitted = trt_build.fit_profile(default.profile(SPEC), fixed.input_shape, default)
     assert default.key_fields(SPEC, fitted) != default.key_fields(SPEC)
 
 
 def test_check_precision():
-    fp16 = te.inspect_onnx(small_onnx().SerializeToString())
-    fp32 = te.inspect_onnx(small_onnx(weights=np.float32, io=TensorProto.FLOAT).SerializeToString())
-    mixed = te.inspect_onnx(small_onnx(io=TensorProto.FLOAT).SerializeToString())
+    fp16 = trt_build.inspect_onnx(small_onnx().SerializeToString())
+    fp32 = trt_build.inspect_onnx(small_onnx(weights=np.float32, io=TensorProto.FLOAT).SerializeToString())
+    mixed = trt_build.inspect_onnx(small_onnx(io=TensorProto.FLOAT).SerializeToString())
     for info, fp16_flag in ((fp16, True), (fp16, None), (fp32, False), (fp32, None), (mixed, True)):
-        te.check_precision(info, fp16_flag, Path("m.onnx"))
+        trt_build.check_precision(info, fp16_flag, Path("m.onnx"))
     with pytest.raises(UsageError) as err:
-        te.check_precision(fp32, True, Path("m.onnx"))
+        trt_build.check_precision(fp32, True, Path("m.onnx"))
     assert "fp16" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UsageError):
-        te.check_precision(fp16, False, Path("m.onnx"))
+        trt_build.check_precision(fp16, False, Path("m.onnx"))
 
 
 def test_garbage_is_not_onnx():
     with pytest.raises(InputError) as info:
-        te.inspect_onnx(b"\xff\xff\xff\xff not a protobuf")
+        trt_build.inspect_onnx(b"\xff\xff\xff\xff not a protobuf")
     assert info.value.exit_code == 65
 
 
@@ -334,19 +339,53 @@ def test_onnx_digest_covers_external_weights(tmp_path):
     path = tmp_path / "ext.onnx"
     onnx.save_model(small_onnx(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
     data = path.read_bytes()
-    info = te.inspect_onnx(data)
+    info = trt_build.inspect_onnx(data)
     assert info.external_files == ["ext.onnx.data"]
-    before = te.onnx_digest(data, info, tmp_path)
+    before = trt_build.onnx_digest(data, info, tmp_path)
     assert before != files.sha256_bytes(data)
     blob = bytearray((tmp_path / "ext.onnx.data").read_bytes())
     blob[0] ^= 1
     (tmp_path / "ext.onnx.data").write_bytes(bytes(blob))
-    assert te.onnx_digest(data, info, tmp_path) != before
+    assert trt_build.onnx_digest(data, info, tmp_path) != before
     (tmp_path / "ext.onnx.data").unlink()
     with pytest.raises(InputMissing):
-        te.onnx_digest(data, info, tmp_path)
+        trt_build.onnx_digest(data, info, tmp_path)
     single = small_onnx().SerializeToString()
-    assert te.onnx_digest(single, te.inspect_onnx(single), tmp_path) == files.sha256_bytes(single)
+    assert trt_build.onnx_digest(single, trt_build.inspect_onnx(single), tmp_path) == files.sha256_bytes(single)
+
+
+def test_onnx_source_reads_parses_and_hashes_once(onnx_file, monkeypatch):
+    parsed = []
+    real_inspect = trt_build.inspect_onnx
+    monkeypatch.setattr(trt_build, "inspect_onnx", lambda data: parsed.append(1) or real_inspect(data))
+    source = trt_build.OnnxSource(onnx_file)
+    digest, data = source.sha256, onnx_file.read_bytes()
+    assert digest == files.sha256_bytes(data) and same_spec(source.spec, SPEC)
+    onnx_file.unlink()  # everything a later build of another size needs is kept
+    assert (source.sha256, source.info.input_shape, source.data) == (digest, (None, 3, None, None), data)
+    assert len(parsed) == 1
+    given = trt_build.OnnxSource(onnx_file, data=small_onnx().SerializeToString(), spec=SPEC)
+    assert given.spec is SPEC and given.info.precision == "fp16"  # no file read: the bytes and spec were given
+    with pytest.raises(InputMissing):
+        trt_build.OnnxSource(onnx_file).data
+
+
+def test_frame_engine_shares_one_onnx_source_across_sizes(onnx_file, monkeypatch):
+    from vsr.engines.trt_frames import trt_frame_engine
+
+    class Built:
+        def __init__(self, source, config):
+            self.source, self.config = source, config
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(trt_common, "cuda_device", lambda device: torch.device("cpu"))  # no GPU here
+    monkeypatch.setattr(trt_build, "engine_from_onnx", lambda source, config, **kw: Built(source, config))
+    engine = trt_frame_engine(onnx_file, spec=SPEC, device=torch.device("cpu"), fp16=True, batch=2)
+    small, large = engine.engine_for((2, 3, 32, 48)), engine.engine_for((1, 3, 64, 64))
+    assert small.source is large.source and small.source.path == onnx_file
+    assert small.config.max_shape == (2, 3, 32, 48) and large.config.max_shape == (2, 3, 64, 64)
 
 
 # --------------------------------------------------------------------------- on a GPU host with TensorRT
@@ -377,7 +416,7 @@ def export_fp16_onnx(model: torch.nn.Module, path: Path, *, half: bool = True) -
     x = torch.rand(2, 3, 64, 64, dtype=torch.float16 if half else torch.float32)
     dims = {0: Dim("batch", min=1, max=64), 2: Dim("h", min=8, max=2048), 3: Dim("w", min=8, max=2048)}
     program = torch.onnx.export(net, (x,), dynamo=True, input_names=["input"], output_names=["output"], dynamic_shapes={"x": dims}, external_data=False)
-    program.model.metadata_props[te.SPEC_METADATA_KEY] = spec_metadata(model.spec)
+    program.model.metadata_props[SPEC_KEY] = spec_metadata(model.spec)
     program.save(str(path))
     return path
 
@@ -394,12 +433,12 @@ def test_fp16_engine_matches_torch_fp32_and_is_cached(trt, tmp_path, monkeypatch
     model = tiny_rrdb()
     onnx_path = export_fp16_onnx(tiny_rrdb(), tmp_path / "tiny_fp16.onnx")
     builds = []
-    real_build = te._build_plan
-    monkeypatch.setattr(te, "_build_plan", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    real_build = trt_build._build_plan
+    monkeypatch.setattr(trt_build, "_build_plan", lambda *a, **k: builds.append(1) or real_build(*a, **k))
     config = BuildConfig(batch=2, tile=(64, 64), fp16=True, timing_cache=tmp_path / "timing.cache")
     root = tmp_path / "engines"
 
-    engine = TrtEngine.from_onnx(onnx_path, config, root=root)
+    engine = engine_from_onnx(onnx_path, config, root=root)
     assert isinstance(engine, Engine)
     assert engine.dtype == torch.float16 and engine.device.type == "cuda" and same_spec(engine.spec, model.spec)
     assert engine.profile == ShapeRange((1, 3, 16, 16), (2, 3, 64, 64), (2, 3, 64, 64))
@@ -425,12 +464,12 @@ def test_fp16_engine_matches_torch_fp32_and_is_cached(trt, tmp_path, monkeypatch
     engine.close()
 
     # Same ONNX and config: taken from the cache, no second build; the timing cache is not in the key.
-    again = TrtEngine.from_onnx(onnx_path, BuildConfig(batch=2, tile=(64, 64), fp16=True), root=root)
+    again = engine_from_onnx(onnx_path, BuildConfig(batch=2, tile=(64, 64), fp16=True), root=root)
     assert len(builds) == 1 and again.path == engine.path
     assert psnr(to_uint8(again(x.cuda().half())), to_uint8(ref)) >= 45
     again.close()
     # A different build option is a different engine.
-    other = TrtEngine.from_onnx(onnx_path, BuildConfig(batch=1, tile=(64, 64), fp16=True), root=root)
+    other = engine_from_onnx(onnx_path, BuildConfig(batch=1, tile=(64, 64), fp16=True), root=root)
     assert len(builds) == 2 and other.path != engine.path
     other.close()
 
@@ -461,12 +500,12 @@ def test_build_engine_to_output_and_load_from_file(trt, tmp_path):
 
 def test_tensor_addresses_are_aligned_before_they_reach_tensorrt():
     # set_tensor_address refuses pointers without 256-byte alignment; a slice of a batch has one.
-    assert te.TENSOR_ALIGNMENT == 256
+    assert trt_runtime.TENSOR_ALIGNMENT == 256
     base = torch.arange(3 * 3 * 5 * 7, dtype=torch.float16).reshape(3, 3, 5, 7)
-    assert te.aligned(base, 64) is base  # the CPU allocator aligns to 64 bytes
+    assert trt_runtime.aligned(base, 64) is base  # the CPU allocator aligns to 64 bytes
     part = base[1:]
     assert part.data_ptr() % 64 and part.is_contiguous()
-    fixed = te.aligned(part, 64)
+    fixed = trt_runtime.aligned(part, 64)
     assert fixed is not part and fixed.data_ptr() % 64 == 0 and torch.equal(fixed, part)
 
 
@@ -490,6 +529,6 @@ def test_frame_engine_builds_a_whole_frame_profile_under_the_upscaler(trt, tmp_p
     assert psnr(to_uint8(out), to_uint8(ref)) >= 45
     # A misaligned slice of the batch goes in too (copied to an aligned buffer first).
     part = x.cuda().half()[1:]
-    assert part.data_ptr() % te.TENSOR_ALIGNMENT
+    assert part.data_ptr() % trt_runtime.TENSOR_ALIGNMENT
     assert psnr(to_uint8(built(part)), to_uint8(ref[1:])) >= 45
     engine.close()

@@ -74,7 +74,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
-    from .engines.tensorrt_engine import parse_shape
+    from .engines.trt_build import parse_shape
 
     try:
         return parse_shape(text)
@@ -639,7 +639,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     from .device import resolve_device
-    from .engines.tensorrt_engine import BuildConfig, build_engine
+    from .engines.trt_build import BuildConfig, build_engine
 
     config = BuildConfig(
         batch=args.batch, tile=tuple(args.tile) if args.tile else None, min_shape=args.min_shape, opt_shape=args.opt_shape,

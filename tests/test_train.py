@@ -18,7 +18,7 @@ import torch
 from helpers import photo
 
 from vsr import models
-from vsr.config import load_config
+from vsr.train.config import load_config
 from vsr.errors import ConfigError, InputError, InputMissing, OutputError
 from vsr.media.image import write_image
 from vsr.train import checkpoint as ckpt

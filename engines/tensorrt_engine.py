@@ -38,7 +38,7 @@ from ..files import check_output
 from .. import files
 from . import cache
 from .onnx_export import SPEC_KEY, spec_from_json
-from .profiles import Shape
+from ..tiling import Shape
 
 log = logging.getLogger(__name__)
 

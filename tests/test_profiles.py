@@ -1,4 +1,4 @@
-"""Engine input shapes for video (vsr.engines.profiles), the engines built per input size
+"""Engine input shapes for video (vsr.tiling.plan_frames, call_profile), the engines built per input size
 (vsr.engines.trt_frames, with real torch engines as the per-size engine), and what the Upscaler
 keeps on the device or remembers between calls: blend weights per (plan, device), the tile plan
 per input size."""
@@ -13,7 +13,7 @@ import torch
 from helpers import crop, psnr, tiny_srvgg
 from vsr import tiling, upscale
 from vsr.engines import TorchEngine
-from vsr.engines.profiles import MIN_TILE, FramePlan, call_profile, estimate_bytes, plan_frames
+from vsr.tiling import MIN_TILE, FramePlan, call_profile, estimate_bytes, plan_frames
 from vsr.engines.trt_frames import SizedEngines
 from vsr.kernels import quantize
 from vsr.models import registry

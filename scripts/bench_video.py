@@ -57,7 +57,8 @@ from bench_engines import RssPeak, sync  # noqa: E402
 
 def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
     """Every frame of ``clip`` as float RGB ``(1, 3, H, W)`` on ``device`` (untimed set-up)."""
-    from vsr.media.decode import CopiedPacket, iter_media, open_input
+    from vsr.frame import CopiedPacket
+    from vsr.media.decode import iter_media, open_input
     from vsr.pipeline import planes_to_rgb
 
     container, info = open_input(clip)

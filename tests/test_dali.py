@@ -25,6 +25,7 @@ import torch
 
 import media
 from vsr.errors import BackendUnavailable
+from vsr.frame import CopiedPacket
 from vsr.media import dali_decode
 from vsr.media.dali_decode import (
     PIX_FMT_CUDA,
@@ -35,7 +36,7 @@ from vsr.media.dali_decode import (
     frames_to_rgb,
     iter_media_dali,
 )
-from vsr.media.decode import CopiedPacket, iter_media, open_input
+from vsr.media.decode import iter_media, open_input
 from vsr.pipeline import planes_to_rgb
 
 VP9 = {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "0"}

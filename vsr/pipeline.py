@@ -35,9 +35,9 @@ import torch
 
 from . import color
 from .errors import UsageError, VsrError
-from .frame import Frame, VideoInfo
+from .frame import CopiedPacket, Frame, VideoInfo
 from .media import dali_decode
-from .media.decode import CopiedPacket, iter_media, open_input
+from .media.decode import iter_media, open_input
 from .media.encode import CONTAINERS, EncodeSettings, Muxer, check_encoder, container_format, plan_encoder, planar_source
 from .media.plan import PictureOptions, VideoPlan, plan_video
 from .media.presentation import Orientation

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import media
+from helpers import psnr
 from vsr.errors import BackendUnavailable
 from vsr.frame import CopiedPacket
 from vsr.media import dali_decode
@@ -101,11 +102,8 @@ def codes(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    out = []
-    for x, y in zip(codes(a), codes(b), strict=True):
-        mse = torch.mean((x.double() - y.double()) ** 2).item()
-        out.append(float("inf") if mse == 0 else 10 * np.log10(255**2 / mse))
-    return out
+    """PSNR of each frame of two RGB batches, on their 8-bit codes."""
+    return [psnr(x, y) for x, y in zip(codes(a), codes(b), strict=True)]
 
 
 # --------------------------------------------------------------------------- CPU backend, VP9

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import crop, psnr, tiny_rrdb, tiny_srvgg
+from helpers import crop, photos, psnr, tiny_rrdb, tiny_srvgg
 from vsr.engines import Engine, TorchEngine
 from vsr.engines.torch_engine import DEFAULT_COMPILE_MODE, check_options, conv_macs_per_pixel
 from vsr.errors import UsageError
@@ -30,12 +30,6 @@ from vsr.models import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_engines.py"
-
-
-def photos(h: int = 40, w: int = 48) -> torch.Tensor:
-    """Float ``(2, 3, h, w)`` in [0, 1]: crops of two real photographs."""
-    crops = (("astronaut", 100, 180), ("chelsea", 60, 130))
-    return torch.stack([torch.from_numpy(crop(n, y, x, h, w)).permute(2, 0, 1).float() / 255 for n, y, x in crops])
 
 
 def u8(y: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The DALI tests need ``nvidia.dali`` (``pip install "vsr[dali]"``) and skip cleanly without it;
 DALI's CPU backend runs without a GPU but reads VP8/VP9/MJPEG only, so the clips here are VP9 in
-WebM (tests/media.py: real photographs, Opus audio, irregular timestamps). Each is decoded by PyAV
+WebM (scripts/media.py: real photographs, Opus audio, irregular timestamps). Each is decoded by PyAV
 (``iter_media``) and by DALI (``iter_media_dali``) and compared: frame count, pts and time base,
 the Opus packets, and the pixels as the pipeline sees them (float RGB from ``planes_to_rgb`` vs
 ``frames_to_rgb``), in PSNR per frame on 8-bit codes. The thresholds sit a little below what was

@@ -1,4 +1,4 @@
-"""The test media read back with PyAV with the properties tests/media.py promises."""
+"""The test media read back with PyAV with the properties scripts/media.py promises."""
 
 from __future__ import annotations
 

@@ -37,13 +37,11 @@ def u8(y: torch.Tensor) -> torch.Tensor:
 
 
 def bench_module():
-    """``scripts/bench_engines.py`` imported as a module (registered, as dataclasses need)."""
-    if "bench_engines" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_engines", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_engines"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_engines"]
+    """``scripts/bench_engines.py`` (scripts/ is on pytest's pythonpath), imported on first use: it
+    is a CLI script, not needed by most tests here."""
+    import bench_engines
+
+    return bench_engines
 
 
 # --------------------------------------------------------------------------- CPU: engine behaviour

@@ -1,4 +1,7 @@
-"""Test media made in-process with PyAV from real photographs (no ffmpeg binary).
+"""Test and benchmark media made in-process with PyAV from real photographs (no ffmpeg binary).
+
+The tests import it as ``media`` (scripts/ is on pytest's ``pythonpath``), the benchmark scripts as
+the sibling module it is (``--make-clip``).
 
 Every video frame is a crop window that pans and zooms smoothly across one of the photographs
 scikit-image ships (``astronaut``, ``chelsea``, ``coffee``, ``rocket``), resampled with an

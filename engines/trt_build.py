@@ -32,14 +32,25 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, InputMissing, OutputError, TransientError, UsageError
-from ..models.spec import ModelSpec
-from ..files import check_output
 from .. import files
+from ..errors import InputError, InputMissing, OutputError, TransientError, UsageError
+from ..files import check_output
+from ..models.spec import ModelSpec
+from ..tiling import Shape
 from . import cache
 from .onnx_export import SPEC_KEY, import_onnx, spec_from_json
-from .profiles import Shape
-from .trt_common import PRECISION_NAMES, ShapeRange, cuda_device, device_info, import_trt, network_flag_names, read_input, recent_errors, torch_dtype, trt_logger
+from .trt_common import (
+    PRECISION_NAMES,
+    ShapeRange,
+    cuda_device,
+    device_info,
+    import_trt,
+    network_flag_names,
+    read_input,
+    recent_errors,
+    torch_dtype,
+    trt_logger,
+)
 from .trt_runtime import TrtEngine
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import BackendUnavailable, InputError, InputMissing
-from .profiles import Shape
+from ..tiling import Shape
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ twelve overlapping tiles, a third of the GPU work redundant, even where the GPU 
 whole frames.
 
 :func:`trt_frame_engine` has no profile of its own: the Upscaler plans whole frames or tiles from
-free memory (:func:`vsr.engines.profiles.plan_frames`, as for every engine without limits), and on
+free memory (:func:`vsr.tiling.plan_frames`, as for every engine without limits), and on
 the first call of an input size a TensorRT engine is built (once, through the engine cache) for
-exactly that size in batches of 1..``batch`` (:func:`vsr.engines.profiles.call_profile`). A video
+exactly that size in batches of 1..``batch`` (:func:`vsr.tiling.call_profile`). A video
 has one such size (its padded frame, or its tile); a folder of images of many sizes builds one
 engine per size, so for those ``--tile N`` (one engine for every size) is the better choice. The
 ONNX file is read, parsed and hashed once, on the first build, and serves every later size.
@@ -26,7 +26,7 @@ import torch
 
 from ..errors import TransientError
 from ..models.spec import ModelSpec
-from .profiles import Shape, call_profile
+from ..tiling import Shape, call_profile
 
 log = logging.getLogger(__name__)
 

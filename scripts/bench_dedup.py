@@ -1,6 +1,6 @@
 """``--dedup off|exact|auto`` measured: speed, what it changes, temporal stability, detection cost.
 
-Three clips made from scikit-image's photographs (tests/media.py), encoded with x264 at ``--crf``
+Three clips made from scikit-image's photographs (scripts/media.py), encoded with x264 at ``--crf``
 (so held pictures are NOT bit-identical after decoding):
 
 * animation: drawings held on twos and threes, a slow pan and a fade on twos, a blinking eye;
@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import media  # noqa: E402  the test-media factory (scikit-image's photographs, real encodes)
+import media  # scripts/media.py: the test-media factory (scikit-image's photographs, real encodes)
 
 MODES = ("off", "exact", "auto")
 

@@ -31,9 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_video import add_clip_arguments, clip_of  # noqa: E402  (scripts/ is not a package)
+from benchlib import add_clip_arguments, clip_of
 
 RATE = Fraction(24)  # nominal frame rate of the test encodes (x264's rate control reads it)
 

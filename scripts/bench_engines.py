@@ -40,27 +40,18 @@ import gc
 import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Memory, Skip, build_model, device_name, hw_size, measure_peak, photo_batch, sync, table, time_engine
+
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "openvino")
 MODES = ("eager", "compiled", "graphs", "compiled+graphs")
-# Architecture and hyper-parameters of the named models, for --random (registry.build defaults
-# are nf=64, gc=32, x4).
-RANDOM_ARCH = {
-    "realesrgan-x4plus": ("RRDBNet", {"num_block": 23}),
-    "realesrgan-x4plus-anime": ("RRDBNet", {"num_block": 6}),
-    "realesr-animevideov3": ("SRVGGNetCompact", {"num_conv": 16}),
-}
 # Every row (model or pipeline) has exactly these keys, in this order.
 KEYS = (
     "kind", "model", "arch", "random", "device", "backend", "mode", "precision", "channels_last",
@@ -71,10 +62,6 @@ KEYS = (
 log = logging.getLogger("bench_engines")
 
 
-class Skip(Exception):
-    """A configuration that cannot run here; the message says why."""
-
-
 @dataclass
 class Config:
     backend: str
@@ -83,16 +70,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------- arguments
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW (e.g. 540x960)") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
-    return h, w
 
 
 def _peak(text: str) -> str | float:
@@ -132,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch modes on CUDA (default eager, compiled, graphs; also compiled+graphs)")
     p.add_argument("--compile-mode", default=DEFAULT_COMPILE_MODE, choices=COMPILE_MODES, help=f"torch.compile mode (default {DEFAULT_COMPILE_MODE})")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="torch memory format (auto: on for CUDA)")
-    p.add_argument("--size", type=_size, action="append", help="LR input HxW, repeatable (default 540x960 and 360x640 on CUDA, 64x96 on the CPU)")
+    p.add_argument("--size", type=hw_size, action="append", help="LR input HxW, repeatable (default 540x960 and 360x640 on CUDA, 64x96 on the CPU)")
     p.add_argument("--batch", type=int, default=1, help="frames per engine call (default 1)")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per row; the median is reported (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
@@ -162,172 +139,6 @@ def _flatten(groups: list[list[str]] | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- measurement helpers
-
-
-def build_model(ref: str, random: bool) -> torch.nn.Module:
-    """The CPU fp32 model: the named/checkpoint model, or a seeded random one of its architecture."""
-    from vsr import models
-
-    if not random:
-        return models.load(ref)
-    if ref in RANDOM_ARCH:
-        arch, params = RANDOM_ARCH[ref]
-    else:
-        spec = models.load(ref).spec  # a checkpoint file: its architecture, fresh weights
-        arch, params = spec.arch, spec.kwargs
-    torch.manual_seed(0)  # same weights every run, so the ONNX/engine caches are reused
-    return models.build(arch, **params).eval()
-
-
-def photo_batch(batch: int, height: int, width: int) -> torch.Tensor:
-    """``(batch, 3, height, width)`` float crops of a real photograph (different per item)."""
-    from torch.nn import functional as F
-
-    try:
-        from skimage import data
-
-        img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
-    except ImportError:  # no scikit-image: a smooth pattern with texture, still not constant
-        yy, xx = torch.meshgrid(torch.linspace(0, 6, 512), torch.linspace(0, 9, 512), indexing="ij")
-        img = torch.stack([torch.sin(xx + yy), torch.cos(xx * yy / 5), torch.sin(3 * xx)])[None] * 0.4 + 0.5
-    need_h, need_w = height + 8 * batch, width + 8 * batch
-    if img.shape[-2] < need_h or img.shape[-1] < need_w:
-        img = F.interpolate(img, size=(max(need_h, 512), max(need_w, 512)), mode="bicubic", align_corners=False).clamp(0, 1)
-    return torch.cat([img[..., 8 * i : 8 * i + height, 8 * i : 8 * i + width] for i in range(batch)]).contiguous()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_peak(device: torch.device, dtype: torch.dtype, seconds: float | None = None, rounds: int = 5) -> float:
-    """Best TFLOP/s of ``n x n @ n x n`` matmuls in ``dtype`` on ``device`` (n 8192 on CUDA, 2048 on CPU)."""
-    n = 8192 if device.type == "cuda" else 2048
-    if seconds is None:  # per round
-        seconds = 0.25 if device.type == "cuda" else 0.1
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    with torch.inference_mode():
-        for _ in range(2):
-            torch.matmul(a, b, out=c)
-        sync(device)
-        started = time.perf_counter()
-        torch.matmul(a, b, out=c)
-        sync(device)
-        one = max(time.perf_counter() - started, 1e-6)
-        iters = max(1, min(1000, int(seconds / one)))
-        best = 0.0
-        for _ in range(rounds):
-            sync(device)
-            started = time.perf_counter()
-            for _ in range(iters):
-                torch.matmul(a, b, out=c)
-            sync(device)
-            best = max(best, 2 * n**3 * iters / (time.perf_counter() - started) / 1e12)
-    del a, b, c
-    return best
-
-
-class RssPeak:
-    """Peak rise of this process's resident set size while the block runs (Linux /proc; else None)."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.peak: int | None = None
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int | None:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def __enter__(self) -> RssPeak:
-        self.base = self.rss()
-        self.peak = self.base
-        if self.base is not None:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            now = self.rss()
-            if now is not None and now > (self.peak or 0):
-                self.peak = now
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self.base is not None:
-            self._thread.join()
-            now = self.rss()
-            if now is not None and now > (self.peak or 0):
-                self.peak = now
-
-    @property
-    def delta(self) -> int | None:
-        return None if self.base is None or self.peak is None else self.peak - self.base
-
-
-class Memory:
-    """Memory used by one row: see the module notes for what each device/backend reports."""
-
-    def __init__(self, device: torch.device, backend: str):
-        self.device, self.backend = device, backend
-        self.mib: float | None = None
-        self.source = "-"
-
-    def __enter__(self) -> Memory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._alloc = torch.cuda.memory_allocated(self.device)
-            free, total = torch.cuda.mem_get_info(self.device)
-            self._used = total - free
-        else:
-            self._rss = RssPeak().__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            if self.backend == "torch":
-                self.mib = (torch.cuda.max_memory_allocated(self.device) - self._alloc) / 2**20
-                self.source = "torch peak"
-            else:
-                free, total = torch.cuda.mem_get_info(self.device)
-                self.mib = (total - free - self._used) / 2**20
-                self.source = "device used"
-        else:
-            self._rss.__exit__(*exc)
-            delta = self._rss.delta
-            self.mib, self.source = (None, "-") if delta is None else (delta / 2**20, "RSS peak")
-
-
-def time_engine(engine, x: torch.Tensor, *, repeat: int, warmup: int) -> tuple[float, float]:
-    """(median seconds per call, seconds of the warm-up calls)."""
-    device = engine.device
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(warmup):
-        engine(x)
-    sync(device)
-    warm = time.perf_counter() - started
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        started = time.perf_counter()
-        engine(x)
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), warm
 
 
 # --------------------------------------------------------------------------- engines
@@ -616,25 +427,6 @@ class Bench:
                 engine.close()
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -660,19 +452,6 @@ def _cell(key: str, value) -> str:
     if key == "mem_mib":
         return f"{value:.0f}"
     return str(value)
-
-
-def table(rows: list[dict], columns=None, cell=None) -> str:
-    """A Markdown table of ``rows``: ``columns`` (header, key) pairs, ``cell(key, value)`` formats a
-    value (default: this script's); text columns left-aligned, the numbers from the 7th on right."""
-    columns, cell = columns or COLUMNS, cell or _cell
-    cells = [[name for name, _ in columns]] + [[cell(key, r[key]) for _, key in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        lines.append("| " + " | ".join(c.rjust(w) if i >= 6 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |")
-    return "\n".join(lines)
 
 
 def header(args: argparse.Namespace, device: torch.device, model: torch.nn.Module, macs: float) -> str:
@@ -757,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {line}", file=sys.stderr)
     else:
         print(header(args, device, model, macs))
-        print(table(rows) if rows else "(no rows)")
+        print(table(rows, COLUMNS, _cell) if rows else "(no rows)")
         for line in ncnn_ratios(rows):
             print(f"# {line}")
         for line in skipped:

@@ -46,11 +46,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_engines as be  # noqa: E402  (its measurement helpers: one method for both scripts)
+import benchlib  # the measurement method bench_engines.py uses too: one method for both scripts
 
-# Table label -> the named model whose architecture is timed (bench_engines.RANDOM_ARCH).
+
+# Table label -> the named model whose architecture is timed (benchlib.RANDOM_ARCH).
 NETWORKS = {"RRDBNet": "realesrgan-x4plus", "SRVGG": "realesr-animevideov3"}
 # Mode -> TorchEngine options.
 MODES = {
@@ -75,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")), help="folder for bench_gpu.json (default $OUT)")
     p.add_argument("--cpu-smoke", action="store_true", help="dry run on the CPU at tiny sizes (numbers mean nothing)")
-    p.add_argument("--size", type=be._size, help="LR input HxW (default 540x960; 32x48 with --cpu-smoke)")
+    p.add_argument("--size", type=benchlib.hw_size, help="LR input HxW (default 540x960; 32x48 with --cpu-smoke)")
     p.add_argument("--batch", type=int, help="frames per engine call (default 4, vsr run's; 1 with --cpu-smoke)")
     p.add_argument("--repeat", type=int, help="timed calls per model row (default 10; 1 with --cpu-smoke)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
@@ -125,7 +124,7 @@ class Run:
     def measure_peak(self) -> None:
         """The bf16 matmul rate: best of the measurements so far (a busy moment only lowers it)."""
         seconds, rounds = (0.01, 1) if self.device.type == "cpu" else (None, 5)
-        value = be.measure_peak(self.device, torch.bfloat16, seconds=seconds, rounds=rounds)
+        value = benchlib.measure_peak(self.device, torch.bfloat16, seconds=seconds, rounds=rounds)
         self.peak = max(self.peak or 0.0, value)
         for row in self.rows:
             row["peak_tflops"] = round(self.peak, 3)
@@ -151,9 +150,9 @@ def environment(device: torch.device) -> dict:
 
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": be.device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "device": benchlib.device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
-        "pyav": av.__version__, "ffmpeg": getattr(av, "ffmpeg_version_info", None), "cpu": be.cpu_model(), "cores": os.cpu_count(),
+        "pyav": av.__version__, "ffmpeg": getattr(av, "ffmpeg_version_info", None), "cpu": benchlib.cpu_model(), "cores": os.cpu_count(),
     }
     with contextlib.suppress(ImportError):
         import triton
@@ -188,14 +187,14 @@ def make_engine(model: torch.nn.Module, device: torch.device, mode: str, precisi
         options["compile"] = compile_mode
     engine = TorchEngine(model, device=device, dtype=PRECISIONS[precision], **options)
     if engine.dtype != PRECISIONS[precision]:
-        raise be.Skip(f"{precision} convolutions do not run on {device} in this torch build")
+        raise benchlib.Skip(f"{precision} convolutions do not run on {device} in this torch build")
     return engine
 
 
 def model_rows(run: Run, network: str, model: torch.nn.Module, macs: float, modes: list[str]) -> None:
     args, device = run.args, run.device
     h, w = args.size
-    x = be.photo_batch(args.batch, h, w)
+    x = benchlib.photo_batch(args.batch, h, w)
     for mode in modes:
         for precision in args.precision:
             what = f"{network} {mode} {precision}"
@@ -206,12 +205,12 @@ def model_rows(run: Run, network: str, model: torch.nn.Module, macs: float, mode
                 continue
             engine = None
             try:
-                with be.Memory(device, "torch") as memory:
+                with benchlib.Memory(device, "torch") as memory:
                     engine = make_engine(model, device, mode, precision, args.compile_mode)
-                    per_call, warm = be.time_engine(engine, x.to(device, engine.dtype), repeat=args.repeat, warmup=args.warmup)
+                    per_call, warm = benchlib.time_engine(engine, x.to(device, engine.dtype), repeat=args.repeat, warmup=args.warmup)
                 run.add(row("model", network, mode, precision, size=args.size, batch=args.batch, fps=args.batch / per_call, macs=macs,
                             ms=per_call * 1e3, warm=warm, mem=memory.mib, engine=engine))
-            except be.Skip as why:
+            except benchlib.Skip as why:
                 run.skipped.append(f"{what}: {why}")
             except Exception as err:  # one failed row must not stop the others
                 run.skipped.append(f"{what}: failed: {type(err).__name__}: {first_line(err)}")
@@ -234,18 +233,18 @@ def pipeline_rows(run: Run, network: str, model: torch.nn.Module, macs: float, c
             continue
         engine = None
         try:
-            with be.Memory(device, "torch") as memory:
+            with benchlib.Memory(device, "torch") as memory:
                 engine = make_engine(model, device, mode, precision, args.compile_mode)
                 upscaler = Upscaler(engine, batch=args.batch)
                 started = time.perf_counter()
-                upscaler(be.photo_batch(args.batch, *args.size).to(device))  # graph capture, cuDNN autotuning
-                be.sync(device)
+                upscaler(benchlib.photo_batch(args.batch, *args.size).to(device))  # graph capture, cuDNN autotuning
+                benchlib.sync(device)
                 warm = time.perf_counter() - started
                 with tempfile.TemporaryDirectory() as tmp:
                     result = run_video(VideoJob(clip, Path(tmp) / "out.mp4"), upscaler)
             run.add(row("pipeline", network, mode, precision, size=args.size, batch=args.batch, fps=result.fps, macs=macs,
                         frames=result.frames, warm=warm, mem=memory.mib, engine=engine))
-        except be.Skip as why:
+        except benchlib.Skip as why:
             run.skipped.append(f"{what}: {why}")
         except Exception as err:
             run.skipped.append(f"{what}: failed: {type(err).__name__}: {first_line(err)}")
@@ -351,7 +350,7 @@ def cell(key: str, value) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    return be.table(rows, COLUMNS, cell)
+    return benchlib.table(rows, COLUMNS, cell)
 
 
 def report(run: Run) -> str:
@@ -385,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run.measure_peak()
         run.save()
-        networks = {name: be.build_model(NETWORKS[name], random=True) for name in args.network}
+        networks = {name: benchlib.build_model(NETWORKS[name], random=True) for name in args.network}
         macs = {name: conv_macs_per_pixel(model) for name, model in networks.items()}
         cheap = [m for m in args.mode if m != "compiled"]
         for name, model in networks.items():

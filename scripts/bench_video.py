@@ -30,7 +30,7 @@ threads (see :class:`ThreadCpu`) and the frame rate the usable cores allow for t
 an end-to-end run on a CPU cannot pass, whatever the scheduling.
 
 ``--make-clip WxH`` writes a clip of ``--frames`` frames into a temporary folder with the test
-media factory (tests/media.py: a camera move across scikit-image's ``astronaut`` photograph,
+media factory (scripts/media.py: a camera move across scikit-image's ``astronaut`` photograph,
 H.264 yuv420p with AAC audio at 12 fps, deterministic).
 """
 
@@ -48,16 +48,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import ncnn_ref  # noqa: E402  (scripts/ is not a package)
-from bench_engines import RssPeak, sync  # noqa: E402
+import ncnn_ref
+from benchlib import RssPeak, add_clip_arguments, clip_of, sync
 
 
 def decoded_rgb(clip: Path, device: torch.device) -> list[torch.Tensor]:
     """Every frame of ``clip`` as float RGB ``(1, 3, H, W)`` on ``device`` (untimed set-up)."""
-    from vsr.media.decode import CopiedPacket, iter_media, open_input
+    from vsr.frame import CopiedPacket
+    from vsr.media.decode import iter_media, open_input
     from vsr.planes import planes_to_rgb
 
     container, info = open_input(clip)
@@ -85,37 +83,6 @@ def pipeline(clip: Path, upscaler) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         result = run_video(VideoJob(clip, Path(tmp) / f"out{clip.suffix}"), upscaler)
     return result.frames, result.seconds
-
-
-def make_clip(folder: Path, size: tuple[int, int], frames: int) -> Path:
-    """A real clip from the test media factory (tests/media.py), ``size`` = (width, height)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import media
-
-    return media.make_clip(Path(folder) / f"clip-{size[0]}x{size[1]}-{frames}.mp4", size=size, frames=frames, audio="aac", photo="astronaut")
-
-
-def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--clip PATH`` or ``--make-clip WxH`` (with ``--frames N``): the clip a script runs."""
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--clip", type=Path, help="the clip (default samples/sample.mp4)")
-    src.add_argument("--make-clip", type=_size, metavar="WxH", help="make a clip of this size with tests/media.py instead")
-    parser.add_argument("--frames", type=int, default=120, help="frames of --make-clip (default 120)")
-
-
-def clip_of(args: argparse.Namespace, folder: Path) -> Path:
-    """The clip :func:`add_clip_arguments` asked for (a made one is written into ``folder``)."""
-    return make_clip(folder, args.make_clip, args.frames) if args.make_clip else (args.clip or ROOT / "samples" / "sample.mp4")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WxH (e.g. 176x144)") from None
-    if w < 2 or h < 2 or w % 2 or h % 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: sides must be even and >= 2 (yuv420p)")
-    return w, h
 
 
 class ThreadCpu:
@@ -254,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             row["vs_ncnn"] = None if ncnn_best is None else row["fps"] / ncnn_best
         engine_desc = engine.describe() if hasattr(engine, "describe") else type(engine).__name__
         head = {
-            "clip": clip.name if not args.make_clip else f"{width}x{height} made with tests/media.py ({len(frames)} frames)",
+            "clip": clip.name if not args.make_clip else f"{width}x{height} made with scripts/media.py ({len(frames)} frames)",
             "size": f"{width}x{height}", "frames": len(frames), "model": args.model, "engine": engine_desc,
             "batch": upscaler.call_batch(height, width), "threads": threads, "ncnn": ncnn_ref.version(), "cores": usable_cores(),
         }

@@ -66,7 +66,7 @@ install() {
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vsr-site "$WHEELS"/*.whl || return 1
     export PYTHONPATH=/tmp/vsr-site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  "$PY" -c "import vsr.engines.profiles" 2>/dev/null || "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
+  "$PY" -c "from vsr.tiling import plan_frames" 2>/dev/null || "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
   "$PY" -c "import av, vsr, vsr.pipeline; print('PyAV', av.__version__, 'vsr from', vsr.__file__)"
   export VSR_HOME=$PWD/.device/vsr_home   # conftest copies its models into each test session's home
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +44,44 @@ def crop(name: str, y: int, x: int, h: int, w: int) -> np.ndarray:
     img = photo(name)
     out = img[y : y + h, x : x + w]
     return np.ascontiguousarray(out if out.ndim == 3 else out[..., None])
+
+
+#: (photograph, top, left) of two crops of different real photographs: what the engine tests feed
+#: their networks.
+TWO_PHOTOS = (("astronaut", 100, 180), ("chelsea", 60, 130))
+
+
+def photos(h: int = 40, w: int = 48, crops: Sequence[tuple[str, int, int]] = TWO_PHOTOS) -> torch.Tensor:
+    """Float ``(len(crops), 3, h, w)`` in [0, 1]: the ``h`` x ``w`` crop of a real photograph at each
+    ``(name, top, left)`` of ``crops``."""
+    return torch.stack([torch.from_numpy(crop(name, y, x, h, w)).permute(2, 0, 1).float() / 255 for name, y, x in crops])
+
+
+#: file name in hr/ -> (photograph, top, left): the small training set the CLI and install tests use.
+SMALL_TRAINING_SET = {"0.png": ("astronaut", 40, 160), "1.png": ("coffee", 60, 200), "2.png": ("chelsea", 20, 100)}
+
+
+def write_training_photos(
+    root: Path,
+    train: Mapping[str, tuple[str, int, int]] = SMALL_TRAINING_SET,
+    size: int = 64,
+    val: tuple[str, int, int, int] = ("rocket", 100, 150, 64),
+) -> Path:
+    """A training data folder of real photographs; returns ``root``.
+
+    ``root/hr/<file>``: the ``size`` x ``size`` crop at ``(photograph, top, left)`` for each file of
+    ``train``; ``root/val/<photograph>.png``: the held-out square crop ``val`` =
+    ``(photograph, top, left, size)``.
+    """
+    from vsr.media.image import write_image
+
+    (root / "hr").mkdir(parents=True, exist_ok=True)
+    (root / "val").mkdir(exist_ok=True)
+    for file, (name, y, x) in train.items():
+        write_image(root / "hr" / file, crop(name, y, x, size, size))
+    name, y, x, side = val
+    write_image(root / "val" / f"{name}.png", crop(name, y, x, side, side))
+    return root
 
 
 def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float = 255.0) -> float:

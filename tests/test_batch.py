@@ -1,7 +1,7 @@
 """``vsr.batch``: many inputs over workers with a verified manifest, frame-exact segments joined
 into what a single run gives, resume after SIGKILL, and exclusive leases.
 
-Clips come from tests/media.py (real photographs, AAC audio). Pixel comparisons use lossless
+Clips come from scripts/media.py (real photographs, AAC audio). Pixel comparisons use lossless
 x264 (``qp=0``): segment pieces have other keyframes than one long encode, so only lossless
 output can be identical bit for bit after decoding.
 """

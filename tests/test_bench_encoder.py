@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+import bench_encoder  # scripts/, on pytest's pythonpath
 from helpers import run_bench_script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import bench_encoder  # noqa: E402  (scripts/ is not a package)
 
 
 def test_bd_rate_of_curves_with_a_known_gap():

@@ -3,19 +3,15 @@ the thread accounting it rests on."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import bench_video  # scripts/, on pytest's pythonpath
 from helpers import run_bench_script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import bench_video  # noqa: E402  (scripts/ is not a package)
 
 
 def _spin(seconds: float, then: threading.Event | None = None) -> None:

@@ -16,6 +16,7 @@ import torch
 from av.video.reformatter import Colorspace, ColorRange
 
 from helpers import photo
+from media import planes
 from vsr import color
 from vsr.kernels import quantize, rgb_to_yuv, yuv_to_rgb
 
@@ -34,18 +35,6 @@ def images() -> dict[str, np.ndarray]:
     }
 
 
-def planes(frame: av.VideoFrame) -> list[torch.Tensor]:
-    """The frame's planes as (H, W) tensors, row padding (``line_size``) dropped."""
-    wide = frame.format.components[0].bits > 8
-    out = []
-    for plane in frame.planes:
-        itemsize = 2 if wide else 1
-        data = np.frombuffer(plane, dtype="<u2" if wide else np.uint8)
-        data = data.reshape(plane.height, plane.line_size // itemsize)[:, : plane.width]
-        out.append(torch.from_numpy(data.astype(np.int32) if wide else data.copy()))
-    return out
-
-
 def swscale_yuv(rgb: np.ndarray, fmt: str, matrix: str, full: bool) -> list[torch.Tensor]:
     # threads=1: this swscale's sliced (threaded) path writes garbage rows at slice boundaries
     # when it outputs more than 8 bits (seen with yuv4xxp10le from rgb24 and from p010le).
@@ -55,7 +44,7 @@ def swscale_yuv(rgb: np.ndarray, fmt: str, matrix: str, full: bool) -> list[torc
         dst_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
         threads=1,
     )
-    return planes(frame)
+    return planes(frame, tensors=True)
 
 
 def to_rgb(y, u, v, matrix: str, bits: int, full: bool, dtype=torch.float32) -> torch.Tensor:
@@ -178,7 +167,7 @@ def test_yuv_to_rgb_matches_the_photo_and_swscale(matrix, full):
         frame = av.VideoFrame.from_ndarray(rgb8, format="rgb24").reformat(
             format="yuv444p", dst_colorspace=SWS_MATRIX[matrix], dst_color_range=rng, threads=1
         )
-        ours = quantize(to_rgb(*planes(frame), matrix, 8, full), 8)[0].permute(1, 2, 0).numpy()
+        ours = quantize(to_rgb(*planes(frame, tensors=True), matrix, 8, full), 8)[0].permute(1, 2, 0).numpy()
         theirs = frame.reformat(
             format="rgb24", src_colorspace=SWS_MATRIX[matrix], src_color_range=rng, threads=1
         ).to_ndarray()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vsr.config import (
+from vsr.train.config import (
     Config,
     ConfigError,
     config_from_dict,

@@ -2,7 +2,7 @@
 
 The DALI tests need ``nvidia.dali`` (``pip install "vsr[dali]"``) and skip cleanly without it;
 DALI's CPU backend runs without a GPU but reads VP8/VP9/MJPEG only, so the clips here are VP9 in
-WebM (tests/media.py: real photographs, Opus audio, irregular timestamps). Each is decoded by PyAV
+WebM (scripts/media.py: real photographs, Opus audio, irregular timestamps). Each is decoded by PyAV
 (``iter_media``) and by DALI (``iter_media_dali``) and compared: frame count, pts and time base,
 the Opus packets, and the pixels as the pipeline sees them (float RGB from ``planes_to_rgb`` vs
 ``frames_to_rgb``), in PSNR per frame on 8-bit codes. The thresholds sit a little below what was
@@ -24,7 +24,9 @@ import pytest
 import torch
 
 import media
+from helpers import psnr
 from vsr.errors import BackendUnavailable
+from vsr.frame import CopiedPacket
 from vsr.media import dali_decode
 from vsr.media.dali_decode import (
     PIX_FMT_CUDA,
@@ -35,7 +37,7 @@ from vsr.media.dali_decode import (
     frames_to_rgb,
     iter_media_dali,
 )
-from vsr.media.decode import CopiedPacket, iter_media, open_input
+from vsr.media.decode import iter_media, open_input
 from vsr.planes import planes_to_rgb
 
 VP9 = {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "0"}
@@ -100,11 +102,8 @@ def codes(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    out = []
-    for x, y in zip(codes(a), codes(b), strict=True):
-        mse = torch.mean((x.double() - y.double()) ** 2).item()
-        out.append(float("inf") if mse == 0 else 10 * np.log10(255**2 / mse))
-    return out
+    """PSNR of each frame of two RGB batches, on their 8-bit codes."""
+    return [psnr(x, y) for x, y in zip(codes(a), codes(b), strict=True)]
 
 
 # --------------------------------------------------------------------------- CPU backend, VP9

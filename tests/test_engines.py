@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import crop, psnr, tiny_rrdb, tiny_srvgg
+from helpers import photos, psnr, tiny_rrdb, tiny_srvgg
 from vsr.device import PRECISIONS
 from vsr.engines import Engine, TorchEngine
 from vsr.engines.torch_engine import precision_works
@@ -33,14 +33,9 @@ needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason='needs onnx, onnxscript an
 # Minimum PSNR (dB, uint8) against the torch fp32 reference, per precision.
 MIN_DB = {"fp32": 60.0, "fp16": 45.0, "bf16": 45.0}
 ARCHS: dict[str, Callable[[], torch.nn.Module]] = {"rrdb": tiny_rrdb, "srvgg": tiny_srvgg}
-# Two real photographs, 40x48 (not square, so a swapped H/W shows), as one batch of 2.
-CROPS = (("astronaut", 100, 180), ("chelsea", 60, 130))
+# The input: helpers.photos, two real photographs, 40x48 (not square, so a swapped H/W shows), as
+# one batch of 2.
 SIZE = (40, 48)
-
-
-def photos(h: int = SIZE[0], w: int = SIZE[1]) -> torch.Tensor:
-    """Float ``(2, 3, h, w)`` in [0, 1] from real photographs."""
-    return torch.stack([torch.from_numpy(crop(name, y, x, h, w)).permute(2, 0, 1).float() / 255 for name, y, x in CROPS])
 
 
 @functools.cache
@@ -136,7 +131,7 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("backend,precision,shape", CASES)
 def test_backend_matches_the_torch_fp32_reference(backend, precision, shape, arch, onnx_dir):
     spec = BACKENDS[backend]
-    x = photos()
+    x = photos(*SIZE)
     with torch.inference_mode():
         ref = quantize(model(arch)(x), 8)
     engine = spec.make(arch, precision, shape, spec.device, onnx_dir)
@@ -179,7 +174,7 @@ def test_ort_cuda_keeps_tensors_on_the_gpu(onnx_dir):
         pytest.skip("onnxruntime has no CUDA provider here (install onnxruntime-gpu)")
     engine = OrtEngine(onnx_file("srvgg", "fp16", "dynamic", onnx_dir), device="cuda")
     assert "CUDAExecutionProvider" in engine.providers
-    x = photos().cuda().half()
+    x = photos(*SIZE).cuda().half()
     out = engine(x)
     assert out.is_cuda and out.dtype == torch.float16 and out.device == x.device
     # A second call on a fresh input must see that input, not stale memory.
@@ -287,7 +282,7 @@ def test_fixed_engine_exposes_its_shape_and_pads_smaller_tiles():
     assert engine.fixed_shape == (1, 3, *SIZE)
     # More tiles than the fixed batch are run a batch at a time.
     with torch.inference_mode():
-        assert psnr(quantize(engine(photos()), 8), quantize(model("srvgg")(photos()), 8)) >= MIN_DB["fp32"]
+        assert psnr(quantize(engine(photos(*SIZE)), 8), quantize(model("srvgg")(photos(*SIZE)), 8)) >= MIN_DB["fp32"]
     with pytest.raises(ValueError, match="built for 48x40 tiles"):
         engine(photos(SIZE[0], SIZE[1] + 8))
     # Smaller tiles (a frame smaller than the tile) are padded and cropped: exact away from the

@@ -1,4 +1,4 @@
-"""The test media read back with PyAV with the properties tests/media.py promises."""
+"""The test media read back with PyAV with the properties scripts/media.py promises."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import media
+from helpers import psnr
 
 NAMED = [
     "h264_aac_mp4",
@@ -34,11 +35,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def kinds(path: Path) -> list[str]:
     with av.open(str(path)) as c:
         return [s.type for s in c.streams]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
 
 
 def audio_rms(path: Path) -> float:

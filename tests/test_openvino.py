@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import media
-from helpers import LimitedMemoryEngine, crop, one_line_error, psnr, run, tiny_rrdb, tiny_srvgg
+from helpers import LimitedMemoryEngine, crop, one_line_error, photos, psnr, run, tiny_rrdb, tiny_srvgg
 from vsr.device import cpu_has_fast_bf16
 from vsr.errors import UsageError
 from vsr.media.image import write_image
@@ -27,11 +27,6 @@ openvino = pytest.importorskip("openvino", reason='needs OpenVINO: pip install "
 
 from vsr.engines import openvino_engine as ove  # noqa: E402  (after the importorskip)
 from vsr.engines.openvino_engine import OpenVinoEngine  # noqa: E402
-
-
-def photos(h: int, w: int) -> torch.Tensor:
-    crops = (("astronaut", 100, 180), ("chelsea", 60, 130))
-    return torch.stack([torch.from_numpy(crop(name, y, x, h, w)).permute(2, 0, 1).float() / 255 for name, y, x in crops])
 
 
 def reference(model, x):

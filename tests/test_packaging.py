@@ -23,8 +23,7 @@ from pathlib import Path
 import av
 import pytest
 
-from helpers import crop, package_folders
-from vsr.media.image import write_image
+from helpers import package_folders, write_training_photos
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # the README's pin: a CPU build here, no CUDA download
@@ -295,11 +294,7 @@ def test_run_and_batch_on_videos(node):
 @pytest.mark.install
 def test_train_export_eval_interp_and_run_the_result(node):
     data = node.work / "data"
-    (data / "hr").mkdir(parents=True)
-    (data / "val").mkdir()
-    for i, (name, y, x) in enumerate([("astronaut", 40, 160), ("coffee", 60, 200), ("chelsea", 20, 100)]):
-        write_image(data / "hr" / f"{i}.png", crop(name, y, x, 64, 64))
-    write_image(data / "val" / "rocket.png", crop("rocket", 100, 150, 64, 64))
+    write_training_photos(data)
     (node.work / "tiny.toml").write_text(
         '[model]\narch = "rrdbnet"\nnum_feat = 8\nnum_block = 1\nnum_grow_ch = 4\nscale = 4\n\n'
         '[data]\ntrain = ["data/hr"]\nval = "data/val"\npatch_size = 32\nbatch_size = 2\nworkers = 0\n\n'

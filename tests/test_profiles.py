@@ -1,4 +1,4 @@
-"""Engine input shapes for video (vsr.engines.profiles), the engines built per input size
+"""Engine input shapes for video (vsr.tiling.plan_frames, call_profile), the engines built per input size
 (vsr.engines.trt_frames, with real torch engines as the per-size engine), and what the Upscaler
 keeps on the device or remembers between calls: blend weights per (plan, device), the tile plan
 per input size."""
@@ -10,10 +10,10 @@ import logging
 import pytest
 import torch
 
-from helpers import crop, psnr, tiny_srvgg
+from helpers import photos, psnr, tiny_srvgg
 from vsr import tiling, upscale
 from vsr.engines import TorchEngine
-from vsr.engines.profiles import MIN_TILE, FramePlan, call_profile, estimate_bytes, plan_frames
+from vsr.tiling import MIN_TILE, FramePlan, call_profile, estimate_bytes, plan_frames
 from vsr.engines.trt_frames import SizedEngines
 from vsr.kernels import quantize
 from vsr.models import registry
@@ -77,8 +77,10 @@ def test_upscaler_auto_tile_is_the_planner():
 # --------------------------------------------------------------------------- per-size engines
 
 
-def photos(n: int, h: int = 64, w: int = 96) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(crop("astronaut", 60 + 9 * i, 100, h, w)).permute(2, 0, 1).float() / 255 for i in range(n)])
+def pan(n: int) -> list[tuple[str, int, int]]:
+    """Crop origins of ``n`` frames of a slow pan down the astronaut photograph (9 rows a frame),
+    for :func:`helpers.photos`."""
+    return [("astronaut", 60 + 9 * i, 100) for i in range(n)]
 
 
 def test_sized_engines_build_once_per_input_size_under_the_upscaler(caplog):
@@ -93,21 +95,21 @@ def test_sized_engines_build_once_per_input_size_under_the_upscaler(caplog):
     engine = SizedEngines(build, spec=reference.spec, device=CPU, dtype=torch.float32, batch=4, max_engines=2)
     upscaler = Upscaler(engine, tile=0, batch=4)
     assert upscaler.batch == 4 and upscale.engine_limits(engine) is None  # no fixed profile to fit frames into
-    x = photos(4)
+    x = photos(64, 96, pan(4))
     out = upscaler(x)
     assert built == [(4, 3, 64, 96)]  # one whole-frame engine, batch 4, built on first use
     assert torch.allclose(out, Upscaler(reference, tile=0, batch=4)(x), atol=1e-6)
     upscaler(x[:2])  # the clip's shorter last batch: the same engine
     assert built == [(4, 3, 64, 96)]
     with caplog.at_level(logging.WARNING, logger="vsr.engines.trt_frames"):
-        Upscaler(engine, tile=0, batch=4)(photos(1, 48, 64))
+        Upscaler(engine, tile=0, batch=4)(photos(48, 64, pan(1)))
     assert built[-1] == (4, 3, 48, 64) and "--tile N" in caplog.text
     first = engine.engine_for((1, 3, 64, 96))
-    Upscaler(engine, tile=0, batch=4)(photos(1, 40, 40))  # a third size: the least recently used closes
+    Upscaler(engine, tile=0, batch=4)(photos(40, 40, pan(1)))  # a third size: the least recently used closes
     assert engine.sizes == [(64, 96), (40, 40)]
     assert built.count((4, 3, 48, 64)) == 1
     with pytest.raises(ValueError, match="at most 4"):
-        engine(photos(5))
+        engine(photos(64, 96, pan(5)))
     engine.close()
     assert engine.sizes == []
     with pytest.raises(RuntimeError, match="after close"):
@@ -125,13 +127,13 @@ def test_out_of_memory_while_building_frees_the_open_engines_for_the_smaller_til
         return opened[-1]
 
     engine = SizedEngines(build, spec=model.spec, device=CPU, dtype=torch.float32, batch=2)
-    engine(photos(1, 32, 32))
+    engine(photos(32, 32, pan(1)))
     upscaler = Upscaler(engine, tile=0, overlap=4, batch=2)
-    out = upscaler(photos(2))  # whole 64x96 frames do not fit: retried with 48x48 tiles
+    out = upscaler(photos(64, 96, pan(2)))  # whole 64x96 frames do not fit: retried with 48x48 tiles
     assert upscaler._fitted_tile == 48 and engine.sizes == [(48, 48)]
     with pytest.raises(RuntimeError, match="after close"):
-        opened[0](photos(1, 32, 32))  # the engine that was open when memory ran out was closed
-    whole = Upscaler(TorchEngine(model, device=CPU), tile=0)(photos(2))
+        opened[0](photos(32, 32, pan(1)))  # the engine that was open when memory ran out was closed
+    whole = Upscaler(TorchEngine(model, device=CPU), tile=0)(photos(64, 96, pan(2)))
     assert out.shape == whole.shape and psnr(quantize(out, 8), quantize(whole, 8)) >= 40  # blended tiles
 
 
@@ -155,7 +157,7 @@ def test_tile_plan_is_made_once_per_input_size(monkeypatch):
     readings: list[int] = []
     monkeypatch.setattr(upscale, "free_memory", lambda device: readings.append(1) or next(free))
     upscaler = Upscaler(engine, tile=0, batch=2)
-    x = photos(2)
+    x = photos(64, 96, pan(2))
     first = upscaler(x)
     second = upscaler(x)
     assert len(readings) == 1  # not queried again per batch ...

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import crop, psnr, tiny_rrdb, tiny_srvgg
+from helpers import crop, photos, psnr, tiny_rrdb, tiny_srvgg
 from vsr.engines import Engine, TorchEngine
 from vsr.engines.torch_engine import DEFAULT_COMPILE_MODE, check_options, conv_macs_per_pixel
 from vsr.errors import UsageError
@@ -32,24 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_engines.py"
 
 
-def photos(h: int = 40, w: int = 48) -> torch.Tensor:
-    """Float ``(2, 3, h, w)`` in [0, 1]: crops of two real photographs."""
-    crops = (("astronaut", 100, 180), ("chelsea", 60, 130))
-    return torch.stack([torch.from_numpy(crop(n, y, x, h, w)).permute(2, 0, 1).float() / 255 for n, y, x in crops])
-
-
 def u8(y: torch.Tensor) -> torch.Tensor:
     return quantize(y.float().cpu(), 8)
 
 
 def bench_module():
-    """``scripts/bench_engines.py`` imported as a module (registered, as dataclasses need)."""
-    if "bench_engines" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_engines", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_engines"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_engines"]
+    """``scripts/bench_engines.py`` (scripts/ is on pytest's pythonpath), imported on first use: it
+    is a CLI script, not needed by most tests here."""
+    import bench_engines
+
+    return bench_engines
 
 
 # --------------------------------------------------------------------------- CPU: engine behaviour

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import photo
+from helpers import photo, write_training_photos
 
 from vsr import models
-from vsr.config import load_config
+from vsr.train.config import load_config
 from vsr.errors import ConfigError, InputError, InputMissing, OutputError
 from vsr.media.image import write_image
 from vsr.train import checkpoint as ckpt
@@ -54,28 +54,25 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
+def photo_data(tmp_path_factory) -> Path:
     """hr/: three 160x160 crops (training); val/: a 96x96 rocket crop (held out)."""
-    root = tmp_path_factory.mktemp("photos")
-    for name, (y, x) in {"astronaut": (40, 150), "coffee": (120, 200), "chelsea": (60, 140)}.items():
-        write_image(root / "hr" / f"{name}.png", photo(name)[y : y + 160, x : x + 160])
-    write_image(root / "val" / "rocket.png", photo("rocket")[192:288, 256:352])
-    return root
+    crops = {f"{name}.png": (name, y, x) for name, y, x in (("astronaut", 40, 150), ("coffee", 120, 200), ("chelsea", 60, 140))}
+    return write_training_photos(tmp_path_factory.mktemp("photos"), crops, 160, ("rocket", 192, 256, 96))
 
 
-def tiny(tmp: Path, photos: Path, *extra: str):
+def tiny(tmp: Path, photo_data: Path, *extra: str):
     """A tiny, fast config; ``extra`` are more ``section.key=value`` overrides."""
     return load_config(None, [
-        *SEED_ARGS, f"data.train=['{photos / 'hr'}']", "data.workers=0", "train.log_every=1",
+        *SEED_ARGS, f"data.train=['{photo_data / 'hr'}']", "data.workers=0", "train.log_every=1",
         f"checkpoint.dir='{tmp}'", "val.every=0", *extra,
     ])
 
 
 @pytest.fixture(scope="module")
-def psnr_run(tmp_path_factory, photos) -> Path:
+def psnr_run(tmp_path_factory, photo_data) -> Path:
     """A short PSNR-stage run with validation (shared by the tests that need a trained model)."""
     run_dir = tmp_path_factory.mktemp("psnr_run")
-    cfg = tiny(run_dir, photos, "train.steps=30", "train.lr=2e-3", "train.ema=0.9", "train.ema_warmup=false", f"data.val='{photos / 'val'}'",
+    cfg = tiny(run_dir, photo_data, "train.steps=30", "train.lr=2e-3", "train.ema=0.9", "train.ema_warmup=false", f"data.val='{photo_data / 'val'}'",
                "val.every=15", "checkpoint.every=15", "train.log_every=5")
     summary = train(cfg, progress="none")
     assert summary.step == 30 and summary.checkpoint == run_dir / "step_000030.pt"
@@ -218,12 +215,12 @@ def test_paired_folders_report_missing_partners_and_sizes(tmp_path):
         ("a.png", "a.png"), ("b.png", "b.png"), ("c.png", "c.jpg"), ("d.png", "d.png")]
 
 
-def test_paired_crops_are_aligned(tmp_path, photos):
+def test_paired_crops_are_aligned(tmp_path, photo_data):
     img = torch.from_numpy(photo("coffee")[:160, :240]).permute(2, 0, 1).float() / 255
     lr = bicubic_downsample(img, 4)
     write_image(tmp_path / "hr" / "coffee.png", (img.permute(1, 2, 0) * 255).round().byte().numpy())
     write_image(tmp_path / "lr" / "coffee.png", (lr.permute(1, 2, 0) * 255).round().byte().numpy())
-    cfg = tiny(tmp_path / "run", photos, f"data.train=['{tmp_path / 'hr'}']", f"data.train_lr='{tmp_path / 'lr'}'")
+    cfg = tiny(tmp_path / "run", photo_data, f"data.train=['{tmp_path / 'hr'}']", f"data.train_lr='{tmp_path / 'lr'}'")
     sources, frames = collect_sources(cfg.data, 4)
     ds = TrainSet(sources, frames, scale=4, patch_size=32, seed=3)
     for i in range(6):
@@ -233,7 +230,7 @@ def test_paired_crops_are_aligned(tmp_path, photos):
         assert psnr_y(bicubic_downsample(hr_patch, 4)[:, 2:-2, 2:-2], lr_patch[:, 2:-2, 2:-2]) > 35
 
 
-def test_video_frames_as_training_source(tmp_path, photos):
+def test_video_frames_as_training_source(tmp_path, photo_data):
     import media
 
     clip = media.make_clip(tmp_path / "clip.mp4", size=(96, 64), frames=8, photo="chelsea", options={"crf": "12"})
@@ -243,7 +240,7 @@ def test_video_frames_as_training_source(tmp_path, photos):
     for frame, index in zip(frames, (1, 4, 6)):  # the middles of three equal spans of 8 frames
         assert psnr_y(frame, decoded[index]) > 35
     assert psnr_y(frames[0], frames[2]) < 30  # really different moments of the pan
-    cfg = tiny(tmp_path / "run", photos, f"data.train=['{photos / 'hr'}', '{clip}']", "data.frames_per_video=3")
+    cfg = tiny(tmp_path / "run", photo_data, f"data.train=['{photo_data / 'hr'}', '{clip}']", "data.frames_per_video=3")
     sources, frames = collect_sources(cfg.data, 4)
     assert len(sources) == 6 and len(frames) == 3
     ds = TrainSet(sources, frames, scale=4, patch_size=32, seed=0)
@@ -256,21 +253,21 @@ def test_video_frames_as_training_source(tmp_path, photos):
     footage.mkdir()
     (footage / "notes.txt").write_text("shot list: chelsea, slow pan\n")
     with pytest.raises(InputError) as exc:
-        collect_sources(tiny(tmp_path / "run", photos, f"data.train=['{footage}']").data, 4)
+        collect_sources(tiny(tmp_path / "run", photo_data, f"data.train=['{footage}']").data, 4)
     assert "no images" in str(exc.value) and "no videos" in str(exc.value)
     (footage / "clip.mp4").write_bytes(clip.read_bytes())
-    cfg = tiny(tmp_path / "run", photos, f"data.train=['{footage}']", "data.frames_per_video=3")
+    cfg = tiny(tmp_path / "run", photo_data, f"data.train=['{footage}']", "data.frames_per_video=3")
     sources, from_folder = collect_sources(cfg.data, 4)
     assert [s.name for s in sources] == [f"{(footage / 'clip.mp4').as_posix()}#{k}" for k in range(3)]
     assert all(np.array_equal(a, b) for a, b in zip(from_folder, frames, strict=True))
 
     # A video as data.val: validation on frames spread across it (all 8 of this short clip).
-    summary = train(tiny(tmp_path / "run", photos, "train.steps=1", "checkpoint.every=1", f"data.val='{clip}'"), progress="none")
+    summary = train(tiny(tmp_path / "run", photo_data, "train.steps=1", "checkpoint.every=1", f"data.val='{clip}'"), progress="none")
     assert summary.val["images"] == 8 and summary.val["bicubic_psnr"] > 20
 
 
-def test_batches_depend_on_seed_and_step_not_on_workers(tmp_path, photos):
-    cfg = tiny(tmp_path, photos, "data.degradation=realesrgan")
+def test_batches_depend_on_seed_and_step_not_on_workers(tmp_path, photo_data):
+    cfg = tiny(tmp_path, photo_data, "data.degradation=realesrgan")
     sources, frames = collect_sources(cfg.data, 4)
 
     def batches(workers: int, start: int, seed: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -356,9 +353,9 @@ def test_discriminators():
 # --------------------------------------------------------------------------- training
 
 
-def test_psnr_stage_lowers_heldout_l1(psnr_run, photos):
+def test_psnr_stage_lowers_heldout_l1(psnr_run, photo_data):
     torch.manual_seed(0)  # train() builds its starting model after seeding with train.seed = 0
-    before = heldout_l1(build_generator(tiny(psnr_run, photos)))
+    before = heldout_l1(build_generator(tiny(psnr_run, photo_data)))
     after = heldout_l1(models.load(str(psnr_run / "step_000030.pt")))  # EMA weights, as exported
     assert after < 0.6 * before, (before, after)
     train_recs, val = records(psnr_run, "train"), records(psnr_run, "val")
@@ -393,9 +390,9 @@ def test_ema_is_one_fused_update_with_warmup(monkeypatch):
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
-def test_plot_or_log_line(tmp_path, photos, caplog):
+def test_plot_or_log_line(tmp_path, photo_data, caplog):
     caplog.set_level(logging.INFO, logger="vsr.train.loop")
-    train(tiny(tmp_path, photos, "train.steps=2", "checkpoint.every=2"), progress="none")
+    train(tiny(tmp_path, photo_data, "train.steps=2", "checkpoint.every=2"), progress="none")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -404,14 +401,14 @@ def test_plot_or_log_line(tmp_path, photos, caplog):
         assert (tmp_path / "metrics.png").stat().st_size > 1000
 
 
-def gan_cfg(run_dir: Path, photos: Path, pretrained: Path, vgg: Path, *extra: str):
-    return tiny(run_dir, photos, "train.stage=gan", f"model.pretrained='{pretrained}'", "loss.vgg='vgg19'", f"loss.vgg_weights='{vgg}'",
+def gan_cfg(run_dir: Path, photo_data: Path, pretrained: Path, vgg: Path, *extra: str):
+    return tiny(run_dir, photo_data, "train.stage=gan", f"model.pretrained='{pretrained}'", "loss.vgg='vgg19'", f"loss.vgg_weights='{vgg}'",
                 "loss.vgg_layers=['conv2_2', 'conv3_4']", "discriminator.num_feat=8", "train.steps=6",
                 "checkpoint.every=3", "checkpoint.keep=0", "train.ema=0.9", "train.lr_milestones=[4]", *extra)
 
 
-def test_gan_stage_resumes_bit_identically(tmp_path, photos, psnr_run, vgg_file):
-    ref = train(gan_cfg(tmp_path / "ref", photos, psnr_run, vgg_file), progress="none")
+def test_gan_stage_resumes_bit_identically(tmp_path, photo_data, psnr_run, vgg_file):
+    ref = train(gan_cfg(tmp_path / "ref", photo_data, psnr_run, vgg_file), progress="none")
     recs = records(tmp_path / "ref", "train")
     for key in ("l_pix", "l_percep", "l_gan", "l_d_real", "l_d_fake"):
         assert all(np.isfinite(r[key]) and r[key] > 0 for r in recs), key
@@ -421,7 +418,7 @@ def test_gan_stage_resumes_bit_identically(tmp_path, photos, psnr_run, vgg_file)
         if rec["kind"] == "train" and rec["step"] == 4:
             raise KeyboardInterrupt  # as Ctrl-C would, after the step-3 checkpoint
 
-    cfg = gan_cfg(tmp_path / "cut", photos, psnr_run, vgg_file)
+    cfg = gan_cfg(tmp_path / "cut", photo_data, psnr_run, vgg_file)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=stop_at_4)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [3]
@@ -441,17 +438,17 @@ def test_gan_stage_resumes_bit_identically(tmp_path, photos, psnr_run, vgg_file)
     assert [r["l_pix"] for r in records(tmp_path / "cut", "train")] == [r["l_pix"] for r in recs]
 
 
-def test_psnr_stage_resume_with_workers_and_cosine(tmp_path, photos):
+def test_psnr_stage_resume_with_workers_and_cosine(tmp_path, photo_data):
     extra = ("data.workers=2", "train.steps=5", "checkpoint.every=2", "checkpoint.keep=1", "train.schedule=cosine",
              "data.degradation=realesrgan")
-    ref = train(tiny(tmp_path / "ref", photos, *extra), progress="none")
+    ref = train(tiny(tmp_path / "ref", photo_data, *extra), progress="none")
     assert [p.name for p in (tmp_path / "ref").glob("step_*.pt")] == ["step_000005.pt"]  # keep = 1
 
     def stop_at_3(rec):
         if rec["kind"] == "train" and rec["step"] == 3:
             raise RuntimeError("node lost")
 
-    cfg = tiny(tmp_path / "cut", photos, *extra)
+    cfg = tiny(tmp_path / "cut", photo_data, *extra)
     with pytest.raises(RuntimeError, match="node lost"):
         train(cfg, progress=stop_at_3)
     resumed = train(cfg, resume=True, progress="none")
@@ -461,43 +458,43 @@ def test_psnr_stage_resume_with_workers_and_cosine(tmp_path, photos):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
 
 
-def test_training_is_deterministic_with_workers(tmp_path, photos):
+def test_training_is_deterministic_with_workers(tmp_path, photo_data):
     finals = []
     for name in ("a", "b"):
-        cfg = tiny(tmp_path / name, photos, "data.workers=2", "train.steps=3", "checkpoint.every=3")
+        cfg = tiny(tmp_path / name, photo_data, "data.workers=2", "train.steps=3", "checkpoint.every=3")
         finals.append(ckpt.load_checkpoint(train(cfg, progress="none").checkpoint)["params"])
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
 
 
-def test_run_folder_and_input_errors(tmp_path, photos, psnr_run, vgg_file):
+def test_run_folder_and_input_errors(tmp_path, photo_data, psnr_run, vgg_file):
     with pytest.raises(OutputError) as exc:  # checkpoints there, no --resume
-        train(tiny(psnr_run, photos, "train.steps=31"), progress="none")
+        train(tiny(psnr_run, photo_data, "train.steps=31"), progress="none")
     assert exc.value.exit_code == 73 and "--resume" in str(exc.value)
     with pytest.raises(InputMissing) as exc:
-        train(tiny(tmp_path / "r1", photos, f"data.train=['{tmp_path / 'nowhere'}']"), progress="none")
+        train(tiny(tmp_path / "r1", photo_data, f"data.train=['{tmp_path / 'nowhere'}']"), progress="none")
     assert exc.value.exit_code == 66 and "nowhere" in str(exc.value)
     with pytest.raises(InputMissing):
-        train(tiny(tmp_path / "r2", photos, f"data.val='{tmp_path / 'noval'}'"), progress="none")
+        train(tiny(tmp_path / "r2", photo_data, f"data.val='{tmp_path / 'noval'}'"), progress="none")
     with pytest.raises(ConfigError) as exc:
-        train(tiny(tmp_path / "r3", photos, "data.train=[]"), progress="none")
+        train(tiny(tmp_path / "r3", photo_data, "data.train=[]"), progress="none")
     assert exc.value.exit_code == 78
     with pytest.raises(ConfigError) as exc:  # no download, ever: a clear message instead
-        train(gan_cfg(tmp_path / "r4", photos, psnr_run, tmp_path / "vgg19-dcbb9e9d.pth"), progress="none")
+        train(gan_cfg(tmp_path / "r4", photo_data, psnr_run, tmp_path / "vgg19-dcbb9e9d.pth"), progress="none")
     assert exc.value.exit_code == 78 and "vgg19-dcbb9e9d.pth" in str(exc.value) and "loss.vgg_weights" in str(exc.value)
     with pytest.raises(ConfigError) as exc:  # the pretrained model does not match [model]
-        train(gan_cfg(tmp_path / "r5", photos, psnr_run, vgg_file, "model.num_feat=16"), progress="none")
+        train(gan_cfg(tmp_path / "r5", photo_data, psnr_run, vgg_file, "model.num_feat=16"), progress="none")
     assert "num_feat = 8" in str(exc.value)
     assert [n for n in ("r1", "r2", "r3", "r4", "r5") if (tmp_path / n).exists()] == []  # nothing created
 
 
-def test_examples_run_as_is(tmp_path, photos, perceptual_home, monkeypatch):
+def test_examples_run_as_is(tmp_path, photo_data, perceptual_home, monkeypatch):
     """examples/train_psnr.toml then train_gan.toml, from a folder laid out as examples/README.md says
     (data/hr, data/val; the offline VGG16 fetched), shortened with --set overrides."""
     examples = Path(__file__).resolve().parent.parent / "examples"
     import shutil
 
-    shutil.copytree(photos / "hr", tmp_path / "data" / "hr")
-    shutil.copytree(photos / "val", tmp_path / "data" / "val")
+    shutil.copytree(photo_data / "hr", tmp_path / "data" / "hr")
+    shutil.copytree(photo_data / "val", tmp_path / "data" / "val")
     monkeypatch.chdir(tmp_path)
     short = ["train.steps=2", "checkpoint.every=2", "val.every=2", "data.workers=0"]
     psnr = train(load_config(examples / "train_psnr.toml", short), progress="none")
@@ -589,9 +586,9 @@ def test_export_round_trip(tmp_path, psnr_run, suffix):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_evaluate_reports_model_and_bicubic(tmp_path, psnr_run, photos):
+def test_evaluate_reports_model_and_bicubic(tmp_path, psnr_run, photo_data):
     model = models.load(str(psnr_run / "step_000030.pt"))
-    result = evaluate(model, photos / "val", device="cpu")
+    result = evaluate(model, photo_data / "val", device="cpu")
     (row,) = result.rows
     assert row["name"] == "rocket.png" and (row["width"], row["height"]) == (96, 96)
     assert 15 < row["bicubic_psnr"] < 40 and 0 < row["bicubic_ssim"] < 1
@@ -601,10 +598,10 @@ def test_evaluate_reports_model_and_bicubic(tmp_path, psnr_run, photos):
     # The same LR given as a paired folder gives the same numbers.
     hr = torch.from_numpy(photo("rocket")[192:288, 256:352]).permute(2, 0, 1).float() / 255
     write_image(tmp_path / "lr" / "rocket.png", (bicubic_downsample(hr, 4).permute(1, 2, 0) * 255).round().byte().numpy())
-    paired = evaluate(model, photos / "val", tmp_path / "lr", device="cpu")
+    paired = evaluate(model, photo_data / "val", tmp_path / "lr", device="cpu")
     assert paired.rows[0]["psnr"] == pytest.approx(row["psnr"]) and paired.rows[0]["bicubic_ssim"] == pytest.approx(row["bicubic_ssim"])
     # One image file gives its row; a video gives rows for frames spread across it, as decoded.
-    assert evaluate(model, photos / "val" / "rocket.png", device="cpu").rows == result.rows
+    assert evaluate(model, photo_data / "val" / "rocket.png", device="cpu").rows == result.rows
     import media
 
     clip = media.make_clip(tmp_path / "clip.mp4", size=(96, 64), frames=6, photo="rocket", options={"crf": "12"})

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import json
 
-from helpers import crop, one_line_error, run
-from vsr.media.image import read_image, write_image
+from helpers import one_line_error, run, write_training_photos
+from vsr.media.image import read_image
 
 REPO_EXAMPLE = "examples/train_psnr.toml"
-
-
-def _data(root):
-    (root / "data" / "hr").mkdir(parents=True)
-    (root / "data" / "val").mkdir()
-    for i, (name, y, x) in enumerate([("astronaut", 40, 160), ("coffee", 60, 200), ("chelsea", 20, 100)]):
-        write_image(root / "data" / "hr" / f"{i}.png", crop(name, y, x, 64, 64))
-    write_image(root / "data" / "val" / "rocket.png", crop("rocket", 100, 150, 64, 64))
 
 
 def test_train_export_run_and_eval_from_the_cli(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    _data(tmp_path)
+    write_training_photos(tmp_path / "data")
     monkeypatch.chdir(tmp_path)  # the example's relative data/ and runs/ paths start here
     sets = [
         "--set", "model.num_feat=8", "--set", "model.num_block=1", "--set", "model.num_grow_ch=4",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vsr.config import load_config
+from vsr.train.config import load_config
 from vsr.media.image import read_image, write_image
 from vsr.train.export import export_run
 from vsr.train.loop import train

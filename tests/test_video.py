@@ -1,6 +1,6 @@
 """``vsr run`` on videos: every frame, timestamp, stream and colour tag kept; bad media refused.
 
-The clips come from tests/media.py (real photographs with camera motion, real audio and
+The clips come from scripts/media.py (real photographs with camera motion, real audio and
 subtitles). Pixel checks re-run the model on the input's decoded frames and compare with the
 output decoded by PyAV; a lossless encode (`qp=0`) makes that comparison exact.
 """
@@ -35,7 +35,7 @@ SCALE = 4
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """Each named clip of tests/media.py, made once per module on first use."""
+    """Each named clip of scripts/media.py, made once per module on first use."""
     folder = tmp_path_factory.mktemp("clips")
     made: dict[str, Path] = {}
 

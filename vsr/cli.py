@@ -651,7 +651,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .train.config import load_config
     from .train.loop import train
 
     if args.config is None:

@@ -1,4 +1,5 @@
-"""Value types that travel through the video pipeline: what a video is, and one decoded frame.
+"""Value types that travel through the video pipeline: what a video is, one decoded frame, and a
+packet of another stream copied as it is.
 
 A :class:`Frame` carries the decoder's pixels as planes (no colour conversion yet), with the
 decoder's own ``pts`` and ``time_base``. Output timestamps are these timestamps; nothing in vsr
@@ -10,11 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .color import Colour
 from .media.presentation import HdrMetadata, interlaced_field_order, orientation
+
+if TYPE_CHECKING:  # annotations only: the value types need no PyAV to be built or read
+    import av
 
 
 @dataclass(frozen=True)
@@ -105,3 +110,11 @@ class Frame:
     def time(self) -> float | None:
         """Presentation time in seconds."""
         return None if self.pts is None else float(self.pts * self.time_base)
+
+
+@dataclass
+class CopiedPacket:
+    """A packet of a non-video stream, to be muxed as it is (remux, no re-encode)."""
+
+    packet: av.Packet
+    source_index: int  # the stream's index in the input

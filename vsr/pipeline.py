@@ -33,9 +33,9 @@ from . import color
 from .dedup import DEFAULT_MODE, Detector, check_mode, log_reuse
 from .errors import UsageError, VsrError
 from .files import check_output, publish
-from .frame import Frame, VideoInfo
+from .frame import CopiedPacket, Frame, VideoInfo
 from .media import dali_decode
-from .media.decode import CopiedPacket, iter_media, open_input
+from .media.decode import iter_media, open_input
 from .media.encode import (
     CONTAINERS,
     EncodeSettings,

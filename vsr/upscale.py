@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from . import tiling
 from .device import to_device_once
-from .engines import Engine, profiles
+from .engines import Engine
 from .errors import TransientError
 from .kernels import accumulate_tiles, extract_tiles, pad_bottom_right
 
@@ -32,7 +32,7 @@ DEFAULT_BATCH = 4
 # per frame than one frame (the activations of a batch leave the caches).
 CPU_BATCH_PIXELS = 8192
 # Smallest tile the out-of-memory fallback will try before giving up.
-MIN_TILE = profiles.MIN_TILE
+MIN_TILE = tiling.MIN_TILE
 # Share of free memory the automatic tile size may plan to use (activations are estimates).
 MEMORY_SHARE = {"cuda": 0.7, "cpu": 0.5}
 
@@ -58,14 +58,14 @@ def free_memory(device: torch.device) -> int:
 
 def estimate_bytes(activation_per_pixel: float, pixels: int, dtype: torch.dtype) -> int:
     """Rough peak activation memory for ``pixels`` input pixels in one engine call."""
-    return profiles.estimate_bytes(activation_per_pixel, pixels, dtype.itemsize)
+    return tiling.estimate_bytes(activation_per_pixel, pixels, dtype.itemsize)
 
 
 def auto_tile(height: int, width: int, *, engine: Engine, batch: int, budget: int, frames: int = 1) -> int:
     """Tile side for ``--tile 0``: 0 (whole frames) when one engine call of up to ``batch`` of the
     ``frames`` fits ``budget``, else the largest square tile for which ``batch`` tiles fit
-    (:func:`vsr.engines.profiles.plan_frames`)."""
-    plan = profiles.plan_frames(
+    (:func:`vsr.tiling.plan_frames`)."""
+    plan = tiling.plan_frames(
         height, width, batch=batch, budget=budget, dtype_bytes=engine.dtype.itemsize,
         activation_per_pixel=engine.spec.activation_per_pixel, channels=engine.spec.in_channels,
         multiple_of=engine.spec.multiple_of, frames=frames,

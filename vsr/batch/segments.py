@@ -43,11 +43,11 @@ from .. import color
 from ..dedup import DEFAULT_MODE, Detector, log_reuse
 from ..errors import InputError, UsageError, VsrError
 from ..files import check_artifact, publish, publish_artifact, read_sidecar
-from ..frame import Frame, VideoInfo
-from ..media.decode import CopiedPacket, Cut, iter_media, open_input
+from ..frame import CopiedPacket, Frame, VideoInfo
+from ..media.decode import iter_media, open_input
 from ..media.encode import EncodeSettings, Muxer, container_format
 from ..media.plan import PictureOptions
-from ..media.trim import Trim
+from ..media.trim import Cut, Trim
 from ..pipeline import QUEUE_FRAMES, check_trim, cuda_index, plan_output
 from ..stages import Channel, Stages
 from ..upscale import Upscaler

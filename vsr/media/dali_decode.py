@@ -5,7 +5,7 @@ DALI decodes the pixels; PyAV still demuxes the file, because DALI's decoders re
 timestamps nor the other streams:
 
 * PyAV demuxes every packet once, in file order. Packets of the copied streams go out as
-  :class:`~vsr.media.decode.CopiedPacket` right away; video packets only contribute their pts.
+  :class:`~vsr.frame.CopiedPacket` right away; video packets only contribute their pts.
 * DALI (``fn.experimental.inputs.video``, the streaming decoder) decodes the same file in
   presentation order, ``batch`` frames per pipeline run, fed from a read-only memory map of the
   file (``no_copy``: no second copy of a large file in memory).
@@ -53,8 +53,7 @@ import numpy as np
 
 from .. import color
 from ..errors import BackendUnavailable, InputError
-from ..frame import Frame, VideoInfo
-from .decode import CopiedPacket
+from ..frame import CopiedPacket, Frame, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import logging
 import os
 from collections import deque
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import numpy as np
 
 from .. import color
 from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
-from ..frame import Frame, StreamInfo, VideoInfo
+from ..frame import CopiedPacket, Frame, StreamInfo, VideoInfo
 from . import presentation
-from .deinterlace import DeinterlacePlan, Deinterlacer, output_time_base
+from .deinterlace import DeinterlacePlan, Deinterlacer
 from .nvdec import decode_threads, decoded_by_nvdec
-from .trim import Trim, Window, format_time, shift_packet, window_of
+from .trim import Cut, SeekMissed, Trim, Window, window_of, window_text
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,6 @@ log = logging.getLogger(__name__)
 _TAIL_FRAMES = 2048
 # Semi-planar formats (what NVDEC hands back) split into planes without a swscale pass.
 _SEMI_PLANAR = {"nv12": (8, 0), "nv21": (8, 0), "p010le": (10, 6), "p016le": (16, 0)}
-
-
-@dataclass
-class CopiedPacket:
-    """A packet of a non-video stream, to be muxed as it is (remux, no re-encode)."""
-
-    packet: av.Packet
-    source_index: int  # the stream's index in the input
 
 
 def _stream_kind(stream: av.stream.Stream) -> str:
@@ -266,20 +257,13 @@ def iter_media(
         try:
             yield from _iter_media(container, info, copy_streams=copy_streams, window=window, plan=plan, seek=seek)
             return
-        except _SeekMissed as missed:
+        except SeekMissed as missed:
             log.info("input %s: %s; decoding from the start instead", info.path, missed)
-
-
-class _SeekMissed(Exception):
-    """The demuxer's seek landed after the start of the trim (an imprecise index, e.g. MPEG-TS)."""
 
 
 # Seek this far before a trim's start, so that an audio packet that straddles the start and was
 # muxed just before the video keyframe is still read.
 _SEEK_MARGIN = Fraction(1)
-# Once the video is past a trim's end, stop demuxing when the file is this far past it (muxers
-# interleave streams much closer than that; sparse subtitle streams may never pass the end).
-_END_MARGIN = Fraction(10)
 
 
 def _iter_media(container, info: VideoInfo, *, copy_streams: Collection[int], window: Window | None, plan: DeinterlacePlan, seek: bool) -> Iterator[Frame | CopiedPacket]:
@@ -378,150 +362,6 @@ def _iter_media(container, info: VideoInfo, *, copy_streams: Collection[int], wi
         )
     if window is None and video.frames and count < video.frames and not (deinterlacer and deinterlacer.started):
         log.warning("input %s ended early: %d frames read, the header announced %d (truncated file?)", info.path, count, video.frames)
-
-
-def window_text(window: Window, info: VideoInfo) -> str:
-    """A trim window in the user's terms (from the start of the file)."""
-    start = format_time(window.start - info.start_time)
-    end = f" to {format_time(window.end - info.start_time)}" if window.end is not None else ""
-    frames = f", at most {window.frames} frames" if window.frames is not None else ""
-    length = f"; the file lasts {format_time(info.duration)}" if info.duration else ""
-    return f"from {start}{end}{frames}{length}"
-
-
-class Cut:
-    """Which frames and copied packets a trim keeps, and how far their timestamps move.
-
-    Without a window everything is kept unchanged. With one, copied packets wait while their fate
-    is open: before the first kept frame (the shift is that frame's time), and, for a ``--frames``
-    count, past the last kept frame (the range ends where the frame after the last one starts).
-    So what is kept depends only on the file, not on how far the decoder's threads ran ahead.
-    """
-
-    @classmethod
-    def for_range(cls, window: Window, info: VideoInfo, *, offset: Fraction, end: Fraction | None, copied: set[int], subtitles: set[int]) -> Cut:
-        """The copied-packet side of a cut whose video range is already known (``offset``: the
-        first kept frame's time; ``end``: the first frame past the range, None: the file's end),
-        for remuxing the other streams of a trimmed video decoded elsewhere (batch segments)."""
-        cut = cls(window, info, DeinterlacePlan(), seek=False, subtitles=subtitles, copied=copied)
-        cut.offset, cut.video_done = offset, True
-        ends = [e for e in (end, window.end) if e is not None]
-        cut.end = min(ends) if ends else None
-        return cut
-
-    def __init__(self, window: Window | None, info: VideoInfo, plan: DeinterlacePlan, *, seek: bool, subtitles: set[int], copied: set[int]):
-        self.window = window
-        self.info = info
-        self.seek = seek
-        self.subtitles = subtitles
-        self.open_streams = set(copied)  # copied streams not yet past the end
-        self.rescale = window is not None or plan.enabled or plan.lazy
-        self.time_base = output_time_base(info.time_base, plan)
-        self.offset: Fraction | None = Fraction(0) if window is None else None
-        self.kept = 0
-        self.end: Fraction | None = window.end if window is not None else None
-        self.video_done = False
-        self.clock = Fraction(0)
-        self.horizon: Fraction | None = None  # time of the last kept frame
-        self._pending: list[av.Packet] = []
-        self._first = True
-
-    @property
-    def finished(self) -> bool:
-        """Nothing more is needed from the file."""
-        if not self.video_done:
-            return False
-        return not self.open_streams or (self.end is not None and self.clock >= self.end + _END_MARGIN)
-
-    def frame(self, frame: av.VideoFrame) -> str:
-        """``keep``, ``drop`` (before the range) or ``stop`` (past it) for a decoded frame."""
-        first, self._first = self._first, False
-        if self.window is None:
-            return "keep"
-        if frame.pts is None:
-            raise InputError(f"input {self.info.path}: a decoded frame has no timestamp, so the video cannot be trimmed; leave out --start/--duration/--frames")
-        t = frame.pts * Fraction(frame.time_base or self.info.time_base)
-        if first and self.seek and t > self.window.start:
-            raise _SeekMissed(f"seeking for --start landed at {format_time(t - self.info.start_time)}, after the start")
-        if self.window.before(t):
-            return "drop"
-        if self.window.past(t, self.kept):
-            self.video_done = True
-            self.end = t if self.end is None else min(self.end, t)
-            return "stop"
-        if self.offset is None:
-            self.offset = t
-        self.horizon = t
-        self.kept += 1
-        return "keep"
-
-    def timestamp(self, frame: av.VideoFrame) -> tuple[int | None, Fraction]:
-        """The kept frame's output (pts, time_base)."""
-        tb = Fraction(frame.time_base) if frame.time_base else self.info.time_base
-        if not self.rescale or frame.pts is None:
-            return frame.pts, tb
-        ticks = (frame.pts * tb - self.offset) / self.time_base
-        return round(ticks), self.time_base
-
-    def packet(self, packet: av.Packet) -> Iterator[CopiedPacket]:
-        """A copied packet: passed on, held until the first frame, or dropped."""
-        index = packet.stream.index
-        if self.window is None:
-            yield CopiedPacket(packet, index)
-            return
-        t, duration = self._times(packet)
-        if t is None:
-            return
-        self.clock = max(self.clock, t)
-        if self.video_done and self.end is not None and t >= self.end:
-            self.open_streams.discard(index)
-            return
-        if not self.window.keeps_packet(t, duration, self.end):
-            return
-        if self.offset is None or self._open(t):
-            self._pending.append(packet)
-            return
-        yield self._shifted(packet)
-
-    def advance(self, packet: av.Packet) -> None:
-        """A video packet read after the range ended: only moves the clock."""
-        t, _ = self._times(packet)
-        if t is not None:
-            self.clock = max(self.clock, t)
-
-    def release(self, *, final: bool = False) -> Iterator[CopiedPacket]:
-        """Held-back copied packets whose fate is now known (all of them when ``final``: the file ended)."""
-        if self.offset is None or not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        for packet in pending:
-            t, duration = self._times(packet)
-            if not self.window.keeps_packet(t, duration, self.end):
-                continue
-            if self._open(t) and not final:
-                self._pending.append(packet)
-                continue
-            yield self._shifted(packet)
-
-    def _open(self, t: Fraction) -> bool:
-        # Past the last kept frame, with the range's end still unknown (a --frames count).
-        if self.video_done or self.end is not None or self.window.frames is None:
-            return False
-        return self.horizon is None or t >= self.horizon
-
-    def _times(self, packet: av.Packet) -> tuple[Fraction | None, Fraction]:
-        stamp = packet.pts if packet.pts is not None else packet.dts
-        if stamp is None or not packet.time_base:
-            return None, Fraction(0)
-        tb = Fraction(packet.time_base)
-        return stamp * tb, (packet.duration or 0) * tb
-
-    def _shifted(self, packet: av.Packet) -> CopiedPacket:
-        index = packet.stream.index
-        packet.pts, packet.dts, packet.duration = shift_packet(
-            packet.pts, packet.dts, packet.duration, Fraction(packet.time_base), self.offset, clip=index in self.subtitles,
-        )
-        return CopiedPacket(packet, index)
 
 
 def _corrupt_tail(info: VideoInfo, key_pts: int) -> list[int]:

@@ -20,8 +20,7 @@ import numpy as np
 
 from .. import color
 from ..errors import BackendUnavailable, IOFailure, OutputError, UsageError
-from ..frame import VideoInfo
-from .decode import CopiedPacket
+from ..frame import CopiedPacket, VideoInfo
 from .plan import VideoPlan
 from .presentation import AV_FIELD_PROGRESSIVE, HDR_ENCODERS, hdr_params, merge_params
 from .trim import trim_chapters

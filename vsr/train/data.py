@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import DataConfig, DegradationConfig
+from .config import DataConfig, DegradationConfig
 from ..errors import InputError, InputMissing
 from ..media.image import IMAGE_FORMATS, read_image
 from .degrade import make_degradation

@@ -7,7 +7,7 @@
   Gaussian or 2-D sinc kernels) -> random resize (up/down/keep, area/bilinear/bicubic) -> Gaussian
   or Poisson noise (colour or gray) -> JPEG; then the second order, ending with a resize to the LR
   size, a sinc filter (ringing/overshoot) and JPEG in random order. The parameter ranges are the
-  published ones (BasicSR options/train_realesrgan_x4plus.yml, see :class:`vsr.config.DegradationConfig`).
+  published ones (BasicSR options/train_realesrgan_x4plus.yml, see :class:`vsr.train.config.DegradationConfig`).
 
 Every random choice is drawn from the ``numpy.random.Generator`` passed in, so a degradation is a
 pure function of (image, generator state): the data pipeline seeds one generator per sample and the
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..config import DegradationConfig
+from .config import DegradationConfig
 
 # --------------------------------------------------------------------------- helpers
 

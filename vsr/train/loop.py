@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .. import files
-from ..config import Config, config_to_dict, config_to_json
+from .config import Config, config_to_dict, config_to_json
 from ..errors import ConfigError, InputMissing, OutputError
 from . import checkpoint as ckpt
 from .data import build_dataset, make_loader

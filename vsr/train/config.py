@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputMissing
+from ..errors import ConfigError, InputMissing
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -376,8 +376,8 @@ def _finish(cfg: Config, source: str) -> Config:
         raise ConfigError(f"loss.gan = {weights['gan']} in {source} but train.stage = 'psnr'; set train.stage = 'gan' to train with a discriminator")
     if t.stage == "gan" and weights["gan"] <= 0:
         raise ConfigError(f"train.stage = 'gan' in {source} with loss.gan = 0; give the adversarial loss a weight (ESRGAN: 5e-3) or use stage 'psnr'")
-    from .perceptual.nets import vgg_layer_names  # local: keeps `import vsr.config` light
-    from .train.losses import perceptual_layers
+    from ..perceptual.nets import vgg_layer_names  # local: keeps `import vsr.train.config` light
+    from .losses import perceptual_layers
 
     layers = perceptual_layers(loss.vgg, loss.vgg_layers)
     valid = vgg_layer_names(loss.vgg)

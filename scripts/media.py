@@ -1,4 +1,7 @@
-"""Test media made in-process with PyAV from real photographs (no ffmpeg binary).
+"""Test and benchmark media made in-process with PyAV from real photographs (no ffmpeg binary).
+
+The tests import it as ``media`` (scripts/ is on pytest's ``pythonpath``), the benchmark scripts as
+the sibling module it is (``--make-clip``).
 
 Every video frame is a crop window that pans and zooms smoothly across one of the photographs
 scikit-image ships (``astronaut``, ``chelsea``, ``coffee``, ``rocket``), resampled with an
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 from av.subtitles.subtitle import SubtitleSet
 from av.video.reformatter import Interpolation
 
@@ -714,10 +718,14 @@ def packets(path: str | Path, kind: str = "audio") -> list[tuple[int | None, int
         return [(p.pts, p.dts, bytes(p)) for p in c.demux(streams[0]) if p.size]
 
 
-def planes(frame: av.VideoFrame) -> list[np.ndarray]:
+def planes(frame: av.VideoFrame, *, tensors: bool = False) -> list[np.ndarray] | list[torch.Tensor]:
     """Each plane as a numpy array without the line padding: (h, w) uint8, or uint16 for
     formats deeper than 8 bits; planes holding several components (nv12's UV, rgb24) come
-    back as (h, w, n)."""
+    back as (h, w, n).
+
+    ``tensors``: torch tensors instead, samples deeper than 8 bits widened to int32 (the codes
+    :mod:`vsr.kernels` take; torch has little uint16 arithmetic).
+    """
     fmt = frame.format
     out = []
     for i, plane in enumerate(frame.planes):
@@ -730,6 +738,8 @@ def planes(frame: av.VideoFrame) -> list[np.ndarray]:
         rows = rows[: plane.line_size * plane.height].reshape(plane.height, plane.line_size)
         arr = rows[:, : plane.width * n * dtype.itemsize].copy().view(dtype)
         out.append(arr if n == 1 else arr.reshape(plane.height, plane.width, n))
+    if tensors:
+        return [torch.from_numpy(a if a.dtype.itemsize == 1 else a.astype(np.int32)) for a in out]
     return out
 
 

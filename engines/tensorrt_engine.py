@@ -32,11 +32,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..device import PRECISIONS
 from ..errors import BackendUnavailable, InputError, InputMissing, OutputError, TransientError, UsageError
 from ..models.spec import ModelSpec
 from ..files import check_output
 from .. import files
 from . import cache
+from .caps import EngineCaps
 from .onnx_export import SPEC_KEY, spec_from_json
 from .profiles import Shape
 
@@ -69,7 +71,7 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "INT64": torch.int64,
     "BOOL": torch.bool,
 }
-_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_PRECISION_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 # ONNX TensorProto.DataType values of the floating types.
 _ONNX_FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}
 
@@ -807,6 +809,10 @@ class TrtEngine:
             self.out_dtype = torch_dtype(self._engine.get_tensor_dtype(self.output_name))
             lo, opt, hi = self._engine.get_tensor_profile_shape(self.input_name, 0)
             self.profile = ShapeRange(*(tuple(int(d) for d in s) for s in (lo, opt, hi)))  # type: ignore[arg-type]
+            # Strongly typed: the network computes in its input's type.
+            self.caps = EngineCaps(
+                input_dtype=self.dtype, compute_dtype=self.dtype, device_label=str(dev), min_shape=self.profile.min, max_shape=self.profile.max,
+            )
             self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise TransientError(

@@ -50,9 +50,9 @@ def upscaled_reference(clip: Path, folder: Path, *, model: str, backend: str):
 
     from vsr.media.encode import EncodeSettings
     from vsr.pipeline import VideoJob, run_video
-    from vsr.runtime import build_upscaler
+    from vsr.compute import ComputeSpec
 
-    upscaler = build_upscaler(model=model, device="cpu", precision="auto", backend=backend, tile=0, batch=None, threads=None)
+    upscaler = ComputeSpec(model=model, device="cpu", precision="auto", backend=backend, tile=0, batch=None, threads=None)()
     lossless = folder / "upscaled.mkv"
     settings = EncodeSettings(pix_fmt="yuv444p", preset="ultrafast", options=(("qp", "0"),))
     run_video(VideoJob(clip, lossless, settings=settings), upscaler)

@@ -144,7 +144,7 @@ class LimitedMemoryEngine:
 
     def __init__(self, engine, max_pixels: int):
         self.inner, self.max_pixels, self.calls = engine, max_pixels, []
-        self.spec, self.device, self.dtype = engine.spec, engine.device, engine.dtype
+        self.spec, self.device, self.dtype, self.caps = engine.spec, engine.device, engine.dtype, engine.caps
 
     def __call__(self, x):
         self.calls.append(tuple(x.shape))

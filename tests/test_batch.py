@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import torch
 import media
 from helpers import tiny_srvgg
 from vsr.batch import manifest as mf
-from vsr.batch.run import UpscalerSpec, collect_inputs, parse_shard, run_batch
+from vsr.batch.run import collect_inputs, parse_shard, run_batch
 from vsr.batch.segments import SEGMENTS_DIR, VideoIndex, index_video, piece_status, plan_segments
+from vsr.compute import ComputeSpec
 from vsr.errors import UsageError
 from vsr.media.encode import EncodeSettings
 from vsr.pipeline import VideoJob, run_video
@@ -37,10 +39,10 @@ GOP = 12
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> UpscalerSpec:
+def spec(tmp_path_factory) -> ComputeSpec:
     path = tmp_path_factory.mktemp("model") / "tiny_x4.pth"
     torch.save({"params_ema": tiny_srvgg(upscale=4).state_dict()}, path)
-    return UpscalerSpec(model=str(path), device="cpu", backend="torch", batch=4)
+    return ComputeSpec(model=str(path), device="cpu", backend="torch", batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -218,15 +220,14 @@ def test_segments_with_two_workers(tmp_path, spec, long_clip, single_run):
 DRIVER = """
 import sys, time
 from pathlib import Path
-from vsr.batch.run import UpscalerSpec, run_batch
+from vsr.batch.run import run_batch
+from vsr.compute import ComputeSpec
 from vsr.media.encode import EncodeSettings
 
-class Slow:
-    # a real engine, slowed down so the test can kill the run between pieces
-    def __init__(self, spec): self.spec = spec
-    def fingerprint(self): return self.spec.fingerprint()  # same options as the resuming run
+class Slow(ComputeSpec):
+    # a real engine, slowed down so the test can kill the run between pieces (same fingerprint)
     def __call__(self):
-        up = self.spec()
+        up = super().__call__()
         inner = up.__call__
         class Wrapped(type(up)):
             def __call__(self, x):
@@ -235,24 +236,18 @@ class Slow:
         up.__class__ = Wrapped
         return up
 
-spec = UpscalerSpec(model=sys.argv[3], device="cpu", backend="torch", batch=4)
-run_batch([Path(sys.argv[1])], Path(sys.argv[2]), make_upscaler=Slow(spec), settings=EncodeSettings(options=(("qp", "0"),)), segments=4)
+spec = Slow(model=sys.argv[3], device="cpu", backend="torch", batch=4)
+run_batch([Path(sys.argv[1])], Path(sys.argv[2]), make_upscaler=spec, settings=EncodeSettings(options=(("qp", "0"),)), segments=4)
 """
 
 
-class Counting:
-    """make_upscaler that counts the frames the network is asked to upscale."""
+class Counting(ComputeSpec):
+    """A ComputeSpec (same fingerprint) that counts the frames the network is asked to upscale."""
 
     frames = 0
 
-    def __init__(self, spec):
-        self.spec = spec
-
-    def fingerprint(self):
-        return self.spec.fingerprint()
-
     def __call__(self):
-        up = self.spec()
+        up = super().__call__()
         inner = up.__call__
 
         class Wrapped(type(up)):
@@ -296,7 +291,7 @@ def test_sigkill_mid_run_then_resume_redoes_only_unfinished_segments(tmp_path, s
     frames_left += 12
 
     Counting.frames = 0
-    summary = run_batch([long_clip], out, make_upscaler=Counting(spec), settings=LOSSLESS, segments=4)
+    summary = run_batch([long_clip], out, make_upscaler=Counting(**asdict(spec)), settings=LOSSLESS, segments=4)
     (row,) = summary.rows
     assert row.state == "done" and row.segments_reused == len(finished) - 1
     assert Counting.frames == frames_left  # only the unfinished segments went through the network

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -492,13 +493,12 @@ def test_groups_computed_on_several_threads_come_out_in_order():
 
 class _NamesCallers:
     """An engine wrapper that records which thread makes each call; with ``concurrent=False`` the
-    pipeline sees an engine without ``concurrent()`` (every call from one thread)."""
+    pipeline sees an engine whose caps declare no ``concurrent()`` (every call from one thread)."""
 
     def __init__(self, inner, *, concurrent: bool):
         self.inner, self.spec, self.device, self.dtype = inner, inner.spec, inner.device, inner.dtype
-        self.cpu_thread_pool = getattr(inner, "cpu_thread_pool", False)
-        if concurrent:
-            self.concurrent = inner.concurrent
+        self.caps = replace(inner.caps, concurrent=inner.caps.concurrent and concurrent)
+        self.concurrent = inner.concurrent
         self.callers: list[str] = []
 
     def __call__(self, x):

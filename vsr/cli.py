@@ -100,8 +100,8 @@ def _unit_interval(text: str) -> float:
 
 def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
+    from .compute import BACKEND_CHOICES
     from .device import PRECISION_CHOICES
-    from .engines.backends import BACKENDS
     from .models.zoo import DEFAULT_MODEL
     from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
@@ -115,7 +115,7 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive_int, default=None, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH} on a GPU; on the CPU chosen by frame size)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="CPU cores vsr may use for the network (default: all)")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto",
+        "--backend", choices=BACKEND_CHOICES, default="auto",
         help="auto (default): TensorRT when it is installed and the device is a GPU; on the CPU OpenVINO when it is installed, else torch",
     )
     parser.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _precision(args: argparse.Namespace) -> str:
     """--precision / --fp16 resolved (and checked together with the tile flags); ``auto`` is
-    turned into a dtype on the device the engine runs on (:func:`vsr.device.resolve_dtype`)."""
+    turned into a dtype on the device the engine runs on (:func:`vsr.compute.resolve`)."""
     precision = args.precision or "auto"
     if args.fp16 is not None:
         wanted = "fp16" if args.fp16 else "fp32"
@@ -433,10 +433,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_video(args, precision)
 
 
-def _upscaler_spec(args: argparse.Namespace, precision: str):
-    from .batch.run import UpscalerSpec
+def _compute_spec(args: argparse.Namespace, precision: str):
+    """The compute flags as one :class:`vsr.compute.ComputeSpec` (``precision`` from :func:`_precision`)."""
+    from .compute import ComputeSpec
 
-    return UpscalerSpec(
+    return ComputeSpec(
         model=args.model, device=args.device, precision=precision, backend=args.backend,
         engine_path=str(args.engine) if args.engine else None, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
         compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads,
@@ -445,14 +446,13 @@ def _upscaler_spec(args: argparse.Namespace, precision: str):
 
 def _make_upscaler(args: argparse.Namespace, precision: str):
     from .device import dtype_name
-    from .upscale import engine_limits
 
-    upscaler = _upscaler_spec(args, precision)()
+    upscaler = _compute_spec(args, precision)()
     engine = upscaler.engine
-    limits = engine_limits(engine)
+    caps, limits = engine.caps, upscaler.limits
     log.info(
-        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(getattr(engine, "compute_dtype", engine.dtype)),
-        getattr(engine, "ov_device", engine.device), f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
+        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(caps.compute_dtype),
+        caps.device_label, f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
     )
     return upscaler
 
@@ -545,7 +545,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     reporter = progress.make("none" if args.quiet else args.progress)
     try:
         summary = run_batch(
-            args.inputs, args.output_dir, make_upscaler=_upscaler_spec(args, precision), settings=_encode_settings(args),
+            args.inputs, args.output_dir, make_upscaler=_compute_spec(args, precision), settings=_encode_settings(args),
             outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav", output_ext=args.output_ext,
             picture=_picture(args), trim=_trim(args),
             workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,

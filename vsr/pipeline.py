@@ -415,12 +415,11 @@ def compute_groups(frames: Iterable[Frame], upscaler: Upscaler, make: Callable[[
     order (a video run's and a ``vsr batch`` segment's compute step); returns the frames put.
 
     On the calling thread; or, with an engine that runs several calls at once
-    (``engine.concurrent()`` yielding more than 1: OpenVINO's CPU streams, torch eager on the CPU
-    with its threads split), on that many compute threads (:func:`in_order`), so that the
+    (:meth:`Upscaler.concurrent` yielding more than 1: OpenVINO's CPU streams, torch eager on the
+    CPU with its threads split), on that many compute threads (:func:`in_order`), so that the
     network's streams never wait for one another."""
-    concurrent = getattr(upscaler.engine, "concurrent", None)
     count = 0
-    with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
+    with upscaler.concurrent() as workers:
         groups = frame_batches(frames, upscaler.batch)
         results = in_order(groups, make, workers) if workers > 1 else _on_this_thread(groups, make)
         with contextlib.closing(results):

@@ -9,8 +9,8 @@ videos into segments when asked, and hands units of work to workers one at a tim
 * ``join``: the pieces of a job remuxed into its output, once all of them are complete.
 
 Workers (``executor="local"``, :mod:`vsr.batch.local_executor`) are ``spawn``-ed processes, each
-building its engine once from ``make_upscaler`` (a picklable zero-argument callable such as
-:class:`UpscalerSpec`); with one worker everything runs in this process. ``executor="ray"`` runs
+building its engine once from ``make_upscaler`` (a :class:`vsr.batch.units.UpscalerFactory` such as
+:class:`vsr.compute.ComputeSpec`); with one worker everything runs in this process. ``executor="ray"`` runs
 the same :class:`vsr.batch.worker.Worker` on Ray actors (:mod:`vsr.batch.ray_executor`); the units
 and the executor protocol they share live in :mod:`vsr.batch.units`. Each unit is claimed with a lease file (an ``flock``), so
 two workers, or two batches on different nodes over shared storage, never process the same job or
@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from ..progress import Progress
 from ..files import now_iso
 from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, options_fingerprint, worst_exit_code
 from .segments import SEGMENTS_DIR, Segment, index_video, piece_path, plan_segments
-from .units import BatchOptions, Executor, Job, Unit, UnitResult
+from .units import BatchOptions, Executor, Job, Unit, UnitResult, UpscalerFactory
 
 log = logging.getLogger(__name__)
 
@@ -50,55 +50,6 @@ log = logging.getLogger(__name__)
 # anything FFmpeg reads works when named explicitly.
 LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 EXECUTORS = ("local", "ray")
-
-
-# --------------------------------------------------------------------------- the engine spec
-
-
-@dataclass(frozen=True)
-class UpscalerSpec:
-    """What ``vsr run`` needs to build its Upscaler, small enough to pickle into a worker.
-
-    Calling it builds the engine (same code path as ``vsr run``); :meth:`for_worker` spreads
-    workers over the GPUs when the device is ``auto``/``cuda`` and there are several.
-    """
-
-    model: str = "realesrgan-x4plus"
-    device: str = "auto"
-    precision: str = "auto"
-    backend: str = "auto"
-    engine_path: str | None = None
-    tile: int = 0
-    tile_overlap: int = 16
-    batch: int | None = None  # None: chosen by frame size on the CPU (vsr.upscale.cpu_batch)
-    compile: bool | str = False
-    cuda_graphs: bool = False
-    threads: int | None = None  # cores vsr may use (None: torch's default, or a worker's share)
-
-    def __call__(self):
-        from ..runtime import build_upscaler
-
-        return build_upscaler(**asdict(self))
-
-    def for_worker(self, index: int) -> UpscalerSpec:
-        # The pool has already split --threads (or the cores) between the workers.
-        self = replace(self, threads=None)
-        if self.device not in ("auto", "cuda"):
-            return self
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return replace(self, device=f"cuda:{index % count}") if count > 1 else self
-
-    def fingerprint(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("device")  # where it runs does not change the result (precision and backend do)
-        out.pop("threads")
-        model = Path(self.model)
-        if model.is_file():
-            st = model.stat()
-            out["model_file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        return out
 
 
 # --------------------------------------------------------------------------- inputs and jobs
@@ -237,7 +188,7 @@ def run_batch(
     inputs: Sequence[Path | str],
     output_dir: Path,
     *,
-    make_upscaler: Callable[[], Any],
+    make_upscaler: UpscalerFactory,
     settings: EncodeSettings = EncodeSettings(),
     outscale: float | None = None,
     hwaccel: str | None = None,
@@ -257,8 +208,8 @@ def run_batch(
 ) -> BatchSummary:
     """Upscale every input into ``output_dir`` (same name, the input's container or ``output_ext``).
 
-    ``make_upscaler``: picklable zero-argument callable returning an Upscaler (e.g.
-    :class:`UpscalerSpec`), called once per worker. ``segment_frames``/``segments`` cut each input
+    ``make_upscaler``: a picklable :class:`~vsr.batch.units.UpscalerFactory` (the CLI's
+    :class:`vsr.compute.ComputeSpec`), called once per worker. ``segment_frames``/``segments`` cut each input
     into frame-exact segments processed as separate units and joined at the end (resumable at
     segment granularity). ``shard=(i, n)`` takes every n-th input starting at i (Slurm arrays).
     ``progress`` gets the total frames (planned) and the frames done across all workers.
@@ -465,9 +416,8 @@ def _frames_hint(path: Path) -> int | None:
     return info.frames_hint
 
 
-def _options_record(options: BatchOptions, make_upscaler) -> dict[str, Any]:
-    model = make_upscaler.fingerprint() if hasattr(make_upscaler, "fingerprint") else repr(make_upscaler)
-    record = {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+def _options_record(options: BatchOptions, make_upscaler: UpscalerFactory) -> dict[str, Any]:
+    record = {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": make_upscaler.fingerprint()}
     # Only when set, so that manifests written before these options existed still match.
     if options.picture != PictureOptions():
         record["picture"] = asdict(options.picture)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..media.encode import EncodeSettings
 from ..media.plan import PictureOptions
@@ -19,6 +19,24 @@ from ..media.trim import Trim
 
 if TYPE_CHECKING:
     from .segments import Segment
+
+
+class UpscalerFactory(Protocol):
+    """What builds a worker's Upscaler (:class:`vsr.compute.ComputeSpec` is one): picklable,
+    called once per worker; ``threads`` is the cores the pool splits between its workers (None:
+    all), :meth:`for_worker` the factory for one of them, :meth:`fingerprint` what the manifest
+    records of it (a change starts the jobs over)."""
+
+    threads: int | None
+
+    def __call__(self) -> Any:
+        """A new :class:`vsr.upscale.Upscaler`."""
+
+    def for_worker(self, index: int) -> UpscalerFactory:
+        """The factory worker ``index`` calls (its GPU, no thread count of its own)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that change the output, as plain data."""
 
 
 @dataclass(frozen=True)

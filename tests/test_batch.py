@@ -31,6 +31,7 @@ from vsr.batch.segments import SEGMENTS_DIR, VideoIndex, index_video, piece_stat
 from vsr.compute import ComputeSpec
 from vsr.errors import UsageError
 from vsr.media.encode import EncodeSettings
+from vsr.media.options import VideoOptions
 from vsr.pipeline import VideoJob, run_video
 
 LOSSLESS = EncodeSettings(options=(("qp", "0"),))
@@ -59,7 +60,7 @@ def long_clip(tmp_path_factory) -> Path:
 def single_run(long_clip, spec, tmp_path_factory) -> Path:
     """The reference: one ``vsr run`` of the long clip, lossless."""
     out = tmp_path_factory.mktemp("single") / "long.mp4"
-    run_video(VideoJob(long_clip, out, settings=LOSSLESS), spec())
+    run_video(VideoJob(long_clip, out, video=VideoOptions(settings=LOSSLESS)), spec())
     return out
 
 
@@ -204,7 +205,7 @@ def test_segments_join_to_what_a_single_run_gives(tmp_path, spec, long_clip, sin
     if "segment_frames" in cut:
         assert any(s.start_pts not in index.keyframes for s in plan[1:])  # cuts between keyframes
     out = tmp_path / "out"
-    summary = run_batch([long_clip], out, make_upscaler=spec, settings=LOSSLESS, **cut)
+    summary = run_batch([long_clip], out, make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), **cut)
     (row,) = summary.rows
     assert (row.state, row.frames, row.segments, summary.exit_code) == ("done", LONG_FRAMES, len(plan), 0)
     assert_same_video(out / "long.mp4", single_run)
@@ -212,7 +213,7 @@ def test_segments_join_to_what_a_single_run_gives(tmp_path, spec, long_clip, sin
 
 
 def test_segments_with_two_workers(tmp_path, spec, long_clip, single_run):
-    summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, settings=LOSSLESS, segments=4, workers=2)
+    summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), segments=4, workers=2)
     assert summary.rows[0].state == "done" and summary.exit_code == 0
     assert_same_video(tmp_path / "out" / "long.mp4", single_run)
 
@@ -223,6 +224,7 @@ from pathlib import Path
 from vsr.batch.run import run_batch
 from vsr.compute import ComputeSpec
 from vsr.media.encode import EncodeSettings
+from vsr.media.options import VideoOptions
 
 class Slow(ComputeSpec):
     # a real engine, slowed down so the test can kill the run between pieces (same fingerprint)
@@ -237,7 +239,7 @@ class Slow(ComputeSpec):
         return up
 
 spec = Slow(model=sys.argv[3], device="cpu", backend="torch", batch=4)
-run_batch([Path(sys.argv[1])], Path(sys.argv[2]), make_upscaler=spec, settings=EncodeSettings(options=(("qp", "0"),)), segments=4)
+run_batch([Path(sys.argv[1])], Path(sys.argv[2]), make_upscaler=spec, video=VideoOptions(settings=EncodeSettings(options=(("qp", "0"),))), segments=4)
 """
 
 
@@ -291,7 +293,7 @@ def test_sigkill_mid_run_then_resume_redoes_only_unfinished_segments(tmp_path, s
     frames_left += 12
 
     Counting.frames = 0
-    summary = run_batch([long_clip], out, make_upscaler=Counting(**asdict(spec)), settings=LOSSLESS, segments=4)
+    summary = run_batch([long_clip], out, make_upscaler=Counting(**asdict(spec)), video=VideoOptions(settings=LOSSLESS), segments=4)
     (row,) = summary.rows
     assert row.state == "done" and row.segments_reused == len(finished) - 1
     assert Counting.frames == frames_left  # only the unfinished segments went through the network
@@ -340,8 +342,8 @@ def test_ray_executor_on_a_local_cluster(tmp_path, spec, long_clip, single_run):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, settings=LOSSLESS, segments=4, workers=2, executor="ray")
-        again = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, settings=LOSSLESS, segments=4, workers=2, executor="ray")
+        summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), segments=4, workers=2, executor="ray")
+        again = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), segments=4, workers=2, executor="ray")
     finally:
         ray.shutdown()
     assert summary.rows[0].state == "done" and summary.exit_code == 0

@@ -29,6 +29,7 @@ from vsr import color
 from vsr.engines import TorchEngine
 from vsr.kernels.yuv import rgb_to_yuv, yuv_to_rgb
 from vsr.media.encode import EncodeSettings
+from vsr.media.options import VideoOptions
 from vsr.upscale import Upscaler
 
 SCALE = 4
@@ -528,7 +529,7 @@ def test_concurrent_compute_gives_the_frames_and_timestamps_of_one_thread(tmp_pa
         for calls in (1, 2):
             outs[calls] = tmp_path / f"calls{calls}.mkv"
             wrapped = _NamesCallers(engine, concurrent=calls == 2)
-            run_video(VideoJob(src, outs[calls], settings=EncodeSettings(options=(("qp", "0"),))), Upscaler(wrapped, batch=1))
+            run_video(VideoJob(src, outs[calls], video=VideoOptions(settings=EncodeSettings(options=(("qp", "0"),)))), Upscaler(wrapped, batch=1))
             callers[calls] = set(wrapped.callers)
         assert callers[1] == {threading.current_thread().name}
         assert len(callers[2]) == 2 and all(name.startswith("vsr-compute") for name in callers[2])

@@ -394,6 +394,16 @@ VIDEO_FLAGS = (
 )
 
 
+def _video_options(args: argparse.Namespace):
+    """The video flags as one :class:`vsr.media.options.VideoOptions` (``vsr run`` and ``vsr batch``)."""
+    from .media.options import VideoOptions
+
+    return VideoOptions(
+        settings=_encode_settings(args), outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav",
+        picture=_picture(args), trim=_trim(args),
+    )
+
+
 def _picture(args: argparse.Namespace):
     from .media.plan import PictureOptions
 
@@ -494,11 +504,7 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
     from . import progress
     from .pipeline import VideoJob, check_job, run_video
 
-    settings = _encode_settings(args)
-    job = VideoJob(
-        args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel,
-        decoder=args.decoder or "pyav", overwrite=args.overwrite, picture=_picture(args), trim=_trim(args),
-    )
+    job = VideoJob(args.input, args.output, video=_video_options(args), overwrite=args.overwrite)
     if not args.input.exists():
         from .errors import InputMissing
 
@@ -545,10 +551,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     reporter = progress.make("none" if args.quiet else args.progress)
     try:
         summary = run_batch(
-            args.inputs, args.output_dir, make_upscaler=_compute_spec(args, precision), settings=_encode_settings(args),
-            outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav", output_ext=args.output_ext,
-            picture=_picture(args), trim=_trim(args),
-            workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
+            args.inputs, args.output_dir, make_upscaler=_compute_spec(args, precision), video=_video_options(args),
+            output_ext=args.output_ext, workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
             segment_frames=args.segment_frames, segments=args.segments, overwrite=args.overwrite,
             shard=parse_shard(args.shard) if args.shard else None, progress=reporter,
         )

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..media.encode import EncodeSettings
-from ..media.plan import PictureOptions
-from ..media.trim import Trim
+from ..media.options import VideoOptions
 
 if TYPE_CHECKING:
     from .segments import Segment
@@ -41,15 +39,11 @@ class UpscalerFactory(Protocol):
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """The processing options of every job (the ``vsr run`` video flags)."""
+    """The processing options of every job: the ``vsr run`` video flags (every job is cut the same
+    way by ``video.trim``: previews of a whole folder) and the outputs' container."""
 
-    settings: EncodeSettings = EncodeSettings()
-    outscale: float | None = None
-    hwaccel: str | None = None
-    decoder: str = "pyav"
+    video: VideoOptions = VideoOptions()
     output_ext: str | None = None  # default: the input's when vsr writes it, else .mkv
-    picture: PictureOptions = PictureOptions()
-    trim: Trim | None = None  # every job is cut the same way (previews of a whole folder)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -144,7 +145,9 @@ class LimitedMemoryEngine:
 
     def __init__(self, engine, max_pixels: int):
         self.inner, self.max_pixels, self.calls = engine, max_pixels, []
-        self.spec, self.device, self.dtype, self.caps = engine.spec, engine.device, engine.dtype, engine.caps
+        self.spec, self.device, self.dtype = engine.spec, engine.device, engine.dtype
+        # One call at a time: the wrapper has no concurrent() of its own.
+        self.caps = dataclasses.replace(engine.caps, concurrent=False)
 
     def __call__(self, x):
         self.calls.append(tuple(x.shape))

@@ -141,10 +141,7 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole argparse tree."""
-    from .models.zoo import DEFAULT_MODEL
-    from .progress import KINDS
-
+    """The whole argparse tree: the common flags, then one ``_add_<command>`` per command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -153,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vsr", description="Video and image super-resolution with ESRGAN-family networks.")
     parser.add_argument("--version", action="version", version=f"vsr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub, common)
+    _add_models(sub, common)
+    _add_interp(sub, common)
+    _add_batch(sub, common)
+    _add_export_onnx(sub, common)
+    _add_build_engine(sub, common)
+    _add_train(sub, common)
+    _add_eval(sub, common)
+    _add_env(sub, common)
+    return parser
+
+
+def _add_run(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr run``: one video, image or folder of images."""
+    from .progress import KINDS
 
     run = sub.add_parser(
         "run",
@@ -173,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     run.set_defaults(handler=cmd_run)
 
+
+def _add_models(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr models`` and ``vsr models fetch``."""
     models = sub.add_parser(
         "models",
         parents=[common],
@@ -203,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     mfetch.add_argument("--force", action="store_true", help="convert again even if the files are there and sound")
     mfetch.set_defaults(handler=cmd_models_fetch)
 
+
+def _add_interp(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr interp``: network interpolation of two models."""
     interp = sub.add_parser(
         "interp",
         parents=[common],
@@ -217,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--output", type=Path, required=True, help="result, a .safetensors file")
     interp.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     interp.set_defaults(handler=cmd_interp)
+
+
+def _add_batch(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr batch``: many inputs over several workers, resumable."""
+    from .progress import KINDS
 
     batch = sub.add_parser(
         "batch",
@@ -250,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     batch.set_defaults(handler=cmd_batch)
 
+
+def _add_export_onnx(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr export-onnx``."""
+    from .models.zoo import DEFAULT_MODEL
+
     export = sub.add_parser(
         "export-onnx",
         parents=[common],
@@ -268,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     export.set_defaults(handler=cmd_export_onnx)
 
+
+def _add_build_engine(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr build-engine``: a TensorRT engine from an ONNX file."""
     build = sub.add_parser(
         "build-engine",
         parents=[common],
@@ -294,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", help="cuda or cuda:N (default cuda)")
     build.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     build.set_defaults(handler=cmd_build_engine)
+
+
+def _add_train(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr train`` and ``vsr train export``."""
+    from .progress import KINDS
 
     train = sub.add_parser(
         "train",
@@ -324,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     texport.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     texport.set_defaults(handler=cmd_train_export)
 
+
+def _add_eval(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr eval``: a model's (or another tool's) pictures against HR ones."""
+    from .device import PRECISIONS
+    from .models.zoo import DEFAULT_MODEL
+
     evaluate = sub.add_parser(
         "eval",
         parents=[common],
@@ -349,15 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", help="comma-separated: psnr, ssim, lpips, dists, niqe, tof, warp_error (default: every one that can run here)")
     evaluate.add_argument("--lr-dir", type=Path, help="matching low-resolution images (default: bicubic downscale of the HR ones)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    evaluate.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     evaluate.add_argument("--tile", type=_non_negative_int, default=0, help="tile side; 0 = whole image when it fits")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=cmd_eval)
 
+
+def _add_env(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr env``: versions of the parts vsr runs on."""
     env = sub.add_parser("env", parents=[common], help="versions of Python, torch, CUDA, PyAV/FFmpeg and the optional backends")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(handler=cmd_env)
-    return parser
 
 
 # --------------------------------------------------------------------------- commands

@@ -1,8 +1,9 @@
 """Inference backends (importable as ``vsr.engines``).
 
 Every backend follows the :class:`Engine` protocol: ``engine(x) -> y`` on device tensors of shape
-``(batch, channels, h, w)`` in the engine's ``dtype``, a ``spec`` (:class:`vsr.models.ModelSpec`),
-and ``close()``. The tiler and the pipelines only talk to this protocol.
+``(batch, channels, h, w)`` in the engine's ``dtype`` (its input dtype), a ``spec``
+(:class:`vsr.models.ModelSpec`), its declared capabilities ``caps`` (:class:`EngineCaps`), and
+``close()``. The tiler and the pipelines only talk to this protocol.
 
 Backends: ``torch`` (eager PyTorch, CPU or CUDA). Heavy optional backends import their package
 inside the backend and raise exit-69 errors naming the package when it is missing.
@@ -15,9 +16,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..models.spec import ModelSpec
+from .caps import EngineCaps
 from .torch_engine import TorchEngine
 
-__all__ = ["Engine", "TorchEngine"]
+__all__ = ["Engine", "EngineCaps", "TorchEngine"]
 
 
 @runtime_checkable
@@ -26,7 +28,8 @@ class Engine(Protocol):
 
     spec: ModelSpec
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # what __call__ takes; caps.compute_dtype is what the network runs in
+    caps: EngineCaps
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the network on ``x`` (on ``device``, in ``dtype``); returns the upscaled batch."""

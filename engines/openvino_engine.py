@@ -12,7 +12,7 @@ Precision. ``INFERENCE_PRECISION_HINT`` is always set: OpenVINO's CPU plugin oth
 fp32 model in bf16 on any CPU with AVX512_BF16 or AMX. fp32 is vsr's default everywhere; bf16
 (CPU) and fp16 (GPU, and CPUs with AVX512-FP16/AMX-FP16) are used when asked for. Inputs and
 outputs stay float32 tensors in host memory (``dtype``); the precision the network computes in is
-``compute_dtype``. The import passes the whole compile configuration again, because the CPU
+``caps.compute_dtype``. The import passes the whole compile configuration again, because the CPU
 plugin takes precision and threads from the import call, not from the file.
 
 Threads. ``PERFORMANCE_HINT=LATENCY``: one inference at a time, using ``INFERENCE_NUM_THREADS`` =
@@ -28,7 +28,7 @@ one another, so the cores stay busy (measured on 2 cores: docs/BENCHMARKS.md, "W
 
 Devices. ``device`` takes OpenVINO's names: ``CPU`` (also ``cpu``/``auto``), ``GPU``, ``GPU.N``,
 ``NPU``. Only the CPU has been run in this project; GPU and NPU are passed to OpenVINO as they are.
-NPUs need static shapes: pass ``shape=(N, C, H, W)``; the engine then exposes ``fixed_shape`` and
+NPUs need static shapes: pass ``shape=(N, C, H, W)``; the engine then declares ``caps.fixed_shape`` and
 runs any tile count and smaller tiles like the other fixed-shape engines
 (:func:`vsr.engines.fixed.run_fixed`). An allocation failure inside OpenVINO is raised as
 ``torch.OutOfMemoryError``, so the Upscaler's smaller-tile retry applies.
@@ -55,6 +55,7 @@ from torch import nn
 
 from ..device import dtype_name
 from ..errors import BackendUnavailable, UsageError
+from .caps import EngineCaps
 from .fixed import check_input, run_fixed
 from .onnx_export import example_side
 
@@ -234,10 +235,7 @@ class OpenVinoEngine:
             self.spec = model.spec
             self.device = torch.device("cpu")  # inputs and outputs live in host memory
             self.dtype = torch.float32
-            self.compute_dtype = dtype
             self.threads = threads or (torch.get_num_threads() if self.ov_device == "CPU" else None)
-            # OpenVINO's CPU plugin computes in its own thread pool (see Upscaler.glue_threads).
-            self.cpu_thread_pool = self.ov_device == "CPU"
             self.name = f"OpenVINO model of {self.spec.describe()}"
             self.path = cached_model(model, core=core, ov_device=self.ov_device, dtype=dtype, shape=self.fixed_shape, root=cache_root)
             self._compiled = core.import_model(self.path.read_bytes(), self.ov_device, compile_config(self.ov_device, dtype, self.threads))
@@ -246,20 +244,25 @@ class OpenVinoEngine:
             self._core = core
         # How many calls concurrent() lets run at once; its streams are imported on first use.
         self.parallel_calls = streams_for(self.ov_device, self.threads)
+        # OpenVINO's CPU plugin computes in its own thread pool (see Upscaler.glue_threads).
+        self.caps = EngineCaps(
+            input_dtype=torch.float32, compute_dtype=dtype, device_label=self.ov_device, fixed_shape=self.fixed_shape,
+            cpu_thread_pool=self.ov_device == "CPU", concurrent=self.parallel_calls > 1,
+        )
         self._streams: tuple[Any, queue.Queue] | None = None  # (compiled model, free infer requests)
         self._pool: queue.Queue | None = None  # the free requests while concurrent() is held
         log.info("%s", self.describe())
 
     @property
     def calls_at_once(self) -> int:
-        """``parallel_calls`` while :meth:`concurrent` is held, else 1 (the Upscaler shares memory out by it)."""
+        """``parallel_calls`` while :meth:`concurrent` is held, else 1."""
         return self.parallel_calls if self._pool is not None else 1
 
     def describe(self) -> str:
         """One line for logs, e.g. ``openvino CPU, fp32, 2 threads, dynamic shapes``."""
         threads = f", {self.threads} threads" if self.threads else ""
         shape = "x".join(map(str, self.fixed_shape)) if self.fixed_shape else "dynamic shapes"
-        return f"openvino {self.ov_device}, {dtype_name(self.compute_dtype)}{threads}, {shape}"
+        return f"openvino {self.ov_device}, {dtype_name(self.caps.compute_dtype)}{threads}, {shape}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Upscale ``x`` ``(N, C, H, W)`` (float32 on the CPU); returns float32 on the CPU."""
@@ -285,7 +288,7 @@ class OpenVinoEngine:
                 raise RuntimeError("OpenVinoEngine used after close()")
             if self._streams is None:
                 with kept_sigaltstack():
-                    config = compile_config(self.ov_device, self.compute_dtype, self.threads, self.parallel_calls)
+                    config = compile_config(self.ov_device, self.caps.compute_dtype, self.threads, self.parallel_calls)
                     compiled = self._core.import_model(self.path.read_bytes(), self.ov_device, config)
                     free: queue.Queue = queue.Queue()
                     for _ in range(self.parallel_calls):

@@ -14,7 +14,7 @@ host: the first host read of the output (the encoder's download) is where anyone
 
 Shapes. A dynamic export takes any ``(N, C, H, W)`` with H and W multiples of
 ``spec.multiple_of``. A fixed export (``--tile H W --batch B``) is exposed as
-:attr:`OrtEngine.fixed_shape` so the tiler can plan tiles of exactly that size; besides that the
+:attr:`OrtEngine.fixed_shape` (and ``caps.fixed_shape``) so the tiler can plan tiles of exactly that size; besides that the
 engine copes with what a tiler produces anyway (:func:`vsr.engines.fixed.run_fixed`): any number
 of tiles and tiles *smaller* than the fixed size. Larger tiles are a ``ValueError``.
 """
@@ -30,6 +30,7 @@ import torch
 from ..device import dtype_name
 from ..errors import BackendUnavailable, InputError, InputMissing, UsageError
 from ..paths import vsr_home
+from .caps import EngineCaps
 from .fixed import check_input, run_fixed
 from .onnx_export import INSTALL_HINT, SPEC_KEY, spec_from_json
 
@@ -143,8 +144,6 @@ class OrtEngine:
             if device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        # On the CPU onnxruntime computes in its own thread pool (see Upscaler.glue_threads).
-        self.cpu_thread_pool = device.type == "cpu"
         if providers is None:
             providers = default_providers(device, ort.get_available_providers())
         # onnxruntime computes on this torch stream (see the module notes); None on the CPU.
@@ -193,6 +192,12 @@ class OrtEngine:
         self._input, self._output = inputs[0].name, outputs[0].name
         # Symbolic dims come back as strings (or None); only positive ints are fixed.
         self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
+        # The graph computes in its input's type; on the CPU onnxruntime computes in its own thread
+        # pool (see Upscaler.glue_threads).
+        self.caps = EngineCaps(
+            input_dtype=self.dtype, compute_dtype=self.dtype, device_label=str(device), fixed_shape=self.fixed_shape,
+            cpu_thread_pool=device.type == "cpu",
+        )
 
     @property
     def fixed_shape(self) -> tuple[int, int, int, int] | None:

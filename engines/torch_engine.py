@@ -58,6 +58,8 @@ from torch import nn
 
 from ..device import dtype_name, precision_works
 from ..errors import UsageError
+from ..runtime import torch_threads
+from .caps import EngineCaps
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,10 @@ class TorchEngine:
         self._pool = None
         self._replayed: torch.cuda.Event | None = None  # end of the last replay and its output clone
         self._lock = threading.Lock()
-        self.calls_at_once = 1  # 2 while concurrent() is held (the Upscaler shares memory out by it)
+        # Two calls at once only in eager mode on the CPU (see concurrent()).
+        self.caps = EngineCaps(
+            input_dtype=dtype, compute_dtype=dtype, device_label=str(device), concurrent=device.type == "cpu" and self.mode == "eager",
+        )
         log.info("%s", self.describe())
 
     # ------------------------------------------------------------------ protocol
@@ -203,16 +208,11 @@ class TorchEngine:
         process-wide, as torch's is, and is put back afterwards.
         """
         before = torch.get_num_threads()
-        if self.device.type != "cpu" or self.mode != "eager" or before < 2:
+        if not self.caps.concurrent or before < 2:
             yield 1
             return
-        torch.set_num_threads(before // 2)
-        self.calls_at_once = 2
-        try:
+        with torch_threads(before // 2):
             yield 2
-        finally:
-            self.calls_at_once = 1
-            torch.set_num_threads(before)
 
     def close(self) -> None:
         with self._lock:

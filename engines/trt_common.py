@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..device import PRECISIONS
 from ..errors import BackendUnavailable, InputError, InputMissing
 from ..tiling import Shape
 
@@ -41,7 +42,7 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 #: Precision names of the floating torch types, as sidecars and messages write them.
-PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+PRECISION_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 
 
 # --------------------------------------------------------------------------- import and device

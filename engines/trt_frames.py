@@ -27,6 +27,7 @@ import torch
 from ..errors import TransientError
 from ..models.spec import ModelSpec
 from ..tiling import Shape, call_profile
+from .caps import EngineCaps
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class SizedEngines:
         max_engines: int = MAX_ENGINES,
     ):
         self.build, self.spec, self.device, self.dtype, self.batch = build, spec, device, dtype, batch
+        # No shape limits of its own: each size gets an engine built for it.
+        self.caps = EngineCaps(input_dtype=dtype, compute_dtype=dtype, device_label=str(device))
         self.max_engines = max_engines
         self._engines: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ import torch
 from ..errors import InputError, TransientError
 from ..models.spec import ModelSpec
 from .. import files
+from .caps import EngineCaps
 from .trt_common import PRECISION_NAMES, ShapeRange, cuda_device, device_info, import_trt, parse_version, read_input, recent_errors, torch_dtype, trt_logger
 
 # IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment"; a less
@@ -74,6 +75,10 @@ class TrtEngine:
             self.out_dtype = torch_dtype(self._engine.get_tensor_dtype(self.output_name))
             lo, opt, hi = self._engine.get_tensor_profile_shape(self.input_name, 0)
             self.profile = ShapeRange(*(tuple(int(d) for d in s) for s in (lo, opt, hi)))  # type: ignore[arg-type]
+            # Strongly typed: the network computes in its input's type.
+            self.caps = EngineCaps(
+                input_dtype=self.dtype, compute_dtype=self.dtype, device_label=str(dev), min_shape=self.profile.min, max_shape=self.profile.max,
+            )
             self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise TransientError(

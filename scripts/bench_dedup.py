@@ -63,11 +63,12 @@ def make_clips(folder: Path, size: tuple[int, int], crf: int, per_slide: int) ->
 def run(source: Path, target: Path, upscaler, mode: str, lossless: bool = True) -> tuple[float, int]:
     """(seconds, frames reused) of one ``vsr run``."""
     from vsr.media.encode import EncodeSettings
+    from vsr.media.options import VideoOptions
     from vsr.pipeline import VideoJob, run_video
 
     settings = EncodeSettings(crf=0) if lossless else EncodeSettings()
     started = time.perf_counter()
-    result = run_video(VideoJob(source, target, settings=settings, overwrite=True, dedup=mode), upscaler)
+    result = run_video(VideoJob(source, target, video=VideoOptions(settings=settings, dedup=mode), overwrite=True), upscaler)
     return time.perf_counter() - started, result.reused
 
 
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
 
-    from vsr.runtime import build_upscaler
+    from vsr.compute import ComputeSpec, build_upscaler
 
-    upscaler = build_upscaler(model=args.model, device="cpu", precision="fp32", backend="torch", threads=args.threads)
+    upscaler = build_upscaler(ComputeSpec(model=args.model, device="cpu", precision="fp32", backend="torch", threads=args.threads))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

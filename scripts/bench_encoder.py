@@ -47,13 +47,14 @@ def upscaled_reference(clip: Path, folder: Path, *, model: str, backend: str):
     import av
 
     from vsr.media.encode import EncodeSettings
+    from vsr.media.options import VideoOptions
     from vsr.pipeline import VideoJob, run_video
-    from vsr.runtime import build_upscaler
+    from vsr.compute import ComputeSpec
 
-    upscaler = build_upscaler(model=model, device="cpu", precision="auto", backend=backend, tile=0, batch=None, threads=None)
+    upscaler = ComputeSpec(model=model, device="cpu", precision="auto", backend=backend, tile=0, batch=None, threads=None)()
     lossless = folder / "upscaled.mkv"
     settings = EncodeSettings(pix_fmt="yuv444p", preset="ultrafast", options=(("qp", "0"),))
-    run_video(VideoJob(clip, lossless, settings=settings), upscaler)
+    run_video(VideoJob(clip, lossless, video=VideoOptions(settings=settings)), upscaler)
     upscaler.engine.close()
     with av.open(str(lossless)) as container:
         return [frame.reformat(format="yuv420p") for frame in container.decode(video=0)]

@@ -253,7 +253,7 @@ def make_openvino_engine(model: torch.nn.Module, dtype: torch.dtype, precision: 
     from vsr.engines.openvino_engine import OpenVinoEngine
 
     engine = OpenVinoEngine(model, device="CPU", dtype=dtype, threads=torch.get_num_threads())
-    if engine.compute_dtype != dtype:
+    if engine.caps.compute_dtype != dtype:
         raise Skip(f"OpenVINO's CPU device does not run {precision} here")
     return engine
 

@@ -47,11 +47,12 @@ def main() -> int:
     args = parser.parse_args()
     sizes = args.size or [(64, 64), (128, 128)]
 
-    from vsr.device import resolve_device, resolve_dtype
+    from vsr.compute import resolve_precision
+    from vsr.device import resolve_device
     from vsr.engines import TorchEngine
     from vsr.models import zoo
 
-    device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
+    device, dtype = resolve_device(args.device), resolve_precision(args.precision)
     names = args.models or list(zoo.ZOO)
     print(f"# vsr model benchmark: device={device} precision={args.precision} torch={torch.__version__} threads={torch.get_num_threads()}")
 

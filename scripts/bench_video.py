@@ -17,7 +17,7 @@ Rows, all on the same decoded frames of one clip, in one run:
 Every row is measured ``--repeat`` times, in rounds (each round times every row once), and the
 median is reported, so that a spell of load on the machine falls on all rows alike.
 
-The upscaler is built exactly as ``vsr run`` builds it (vsr.runtime.build_upscaler): the same
+The upscaler is built exactly as ``vsr run`` builds it (vsr.compute.build_upscaler): the same
 defaults for backend, batch and threads unless the flags below say otherwise.
 
     python scripts/bench_video.py                                    # samples/sample.mp4 (96x64, 48 frames)
@@ -174,14 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
 
-    from vsr.runtime import build_upscaler, usable_cores
+    from vsr.compute import ComputeSpec, build_upscaler
+    from vsr.runtime import usable_cores
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = clip_of(args, Path(tmp))
-        upscaler = build_upscaler(
+        upscaler = build_upscaler(ComputeSpec(
             model=args.model, device=args.device, precision=args.precision, backend=args.backend, tile=args.tile,
             batch=args.batch, threads=args.threads,
-        )
+        ))
         engine = upscaler.engine
         frames = decoded_rgb(clip, engine.device)
         threads = torch.get_num_threads()

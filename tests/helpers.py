@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -185,6 +186,8 @@ class LimitedMemoryEngine:
     def __init__(self, engine, max_pixels: int):
         self.inner, self.max_pixels, self.calls = engine, max_pixels, []
         self.spec, self.device, self.dtype = engine.spec, engine.device, engine.dtype
+        # One call at a time: the wrapper has no concurrent() of its own.
+        self.caps = dataclasses.replace(engine.caps, concurrent=False)
 
     def __call__(self, x):
         self.calls.append(tuple(x.shape))

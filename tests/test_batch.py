@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,10 +26,12 @@ import torch
 import media
 from helpers import tiny_srvgg
 from vsr.batch import manifest as mf
-from vsr.batch.run import UpscalerSpec, collect_inputs, parse_shard, run_batch
+from vsr.batch.run import collect_inputs, parse_shard, run_batch
 from vsr.batch.segments import SEGMENTS_DIR, VideoIndex, index_video, piece_status, plan_segments
+from vsr.compute import ComputeSpec
 from vsr.errors import UsageError
 from vsr.media.encode import EncodeSettings
+from vsr.media.options import VideoOptions
 from vsr.pipeline import VideoJob, run_video
 
 LOSSLESS = EncodeSettings(options=(("qp", "0"),))
@@ -37,10 +40,10 @@ GOP = 12
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> UpscalerSpec:
+def spec(tmp_path_factory) -> ComputeSpec:
     path = tmp_path_factory.mktemp("model") / "tiny_x4.pth"
     torch.save({"params_ema": tiny_srvgg(upscale=4).state_dict()}, path)
-    return UpscalerSpec(model=str(path), device="cpu", backend="torch", batch=4)
+    return ComputeSpec(model=str(path), device="cpu", backend="torch", batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def long_clip(tmp_path_factory) -> Path:
 def single_run(long_clip, spec, tmp_path_factory) -> Path:
     """The reference: one ``vsr run`` of the long clip, lossless."""
     out = tmp_path_factory.mktemp("single") / "long.mp4"
-    run_video(VideoJob(long_clip, out, settings=LOSSLESS), spec())
+    run_video(VideoJob(long_clip, out, video=VideoOptions(settings=LOSSLESS)), spec())
     return out
 
 
@@ -202,7 +205,7 @@ def test_segments_join_to_what_a_single_run_gives(tmp_path, spec, long_clip, sin
     if "segment_frames" in cut:
         assert any(s.start_pts not in index.keyframes for s in plan[1:])  # cuts between keyframes
     out = tmp_path / "out"
-    summary = run_batch([long_clip], out, make_upscaler=spec, settings=LOSSLESS, **cut)
+    summary = run_batch([long_clip], out, make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), **cut)
     (row,) = summary.rows
     assert (row.state, row.frames, row.segments, summary.exit_code) == ("done", LONG_FRAMES, len(plan), 0)
     assert_same_video(out / "long.mp4", single_run)
@@ -210,7 +213,7 @@ def test_segments_join_to_what_a_single_run_gives(tmp_path, spec, long_clip, sin
 
 
 def test_segments_with_two_workers(tmp_path, spec, long_clip, single_run):
-    summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, settings=LOSSLESS, segments=4, workers=2)
+    summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), segments=4, workers=2)
     assert summary.rows[0].state == "done" and summary.exit_code == 0
     assert_same_video(tmp_path / "out" / "long.mp4", single_run)
 
@@ -218,15 +221,15 @@ def test_segments_with_two_workers(tmp_path, spec, long_clip, single_run):
 DRIVER = """
 import sys, time
 from pathlib import Path
-from vsr.batch.run import UpscalerSpec, run_batch
+from vsr.batch.run import run_batch
+from vsr.compute import ComputeSpec
 from vsr.media.encode import EncodeSettings
+from vsr.media.options import VideoOptions
 
-class Slow:
-    # a real engine, slowed down so the test can kill the run between pieces
-    def __init__(self, spec): self.spec = spec
-    def fingerprint(self): return self.spec.fingerprint()  # same options as the resuming run
+class Slow(ComputeSpec):
+    # a real engine, slowed down so the test can kill the run between pieces (same fingerprint)
     def __call__(self):
-        up = self.spec()
+        up = super().__call__()
         inner = up.__call__
         class Wrapped(type(up)):
             def __call__(self, x):
@@ -235,24 +238,18 @@ class Slow:
         up.__class__ = Wrapped
         return up
 
-spec = UpscalerSpec(model=sys.argv[3], device="cpu", backend="torch", batch=4)
-run_batch([Path(sys.argv[1])], Path(sys.argv[2]), make_upscaler=Slow(spec), settings=EncodeSettings(options=(("qp", "0"),)), segments=4)
+spec = Slow(model=sys.argv[3], device="cpu", backend="torch", batch=4)
+run_batch([Path(sys.argv[1])], Path(sys.argv[2]), make_upscaler=spec, video=VideoOptions(settings=EncodeSettings(options=(("qp", "0"),))), segments=4)
 """
 
 
-class Counting:
-    """make_upscaler that counts the frames the network is asked to upscale."""
+class Counting(ComputeSpec):
+    """A ComputeSpec (same fingerprint) that counts the frames the network is asked to upscale."""
 
     frames = 0
 
-    def __init__(self, spec):
-        self.spec = spec
-
-    def fingerprint(self):
-        return self.spec.fingerprint()
-
     def __call__(self):
-        up = self.spec()
+        up = super().__call__()
         inner = up.__call__
 
         class Wrapped(type(up)):
@@ -296,7 +293,7 @@ def test_sigkill_mid_run_then_resume_redoes_only_unfinished_segments(tmp_path, s
     frames_left += 12
 
     Counting.frames = 0
-    summary = run_batch([long_clip], out, make_upscaler=Counting(spec), settings=LOSSLESS, segments=4)
+    summary = run_batch([long_clip], out, make_upscaler=Counting(**asdict(spec)), video=VideoOptions(settings=LOSSLESS), segments=4)
     (row,) = summary.rows
     assert row.state == "done" and row.segments_reused == len(finished) - 1
     assert Counting.frames == frames_left  # only the unfinished segments went through the network
@@ -345,8 +342,8 @@ def test_ray_executor_on_a_local_cluster(tmp_path, spec, long_clip, single_run):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, settings=LOSSLESS, segments=4, workers=2, executor="ray")
-        again = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, settings=LOSSLESS, segments=4, workers=2, executor="ray")
+        summary = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), segments=4, workers=2, executor="ray")
+        again = run_batch([long_clip], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS), segments=4, workers=2, executor="ray")
     finally:
         ray.shutdown()
     assert summary.rows[0].state == "done" and summary.exit_code == 0

@@ -9,7 +9,8 @@ import torch
 
 from helpers import tiny_srvgg
 from vsr.cli import _precision, build_parser
-from vsr.device import PRECISION_CHOICES, choose_precision, cpu_has_fast_bf16, resolve_dtype, to_device_once
+from vsr.compute import ComputeSpec, resolve_precision
+from vsr.device import PRECISION_CHOICES, choose_precision, cpu_has_fast_bf16, to_device_once
 from vsr.errors import UsageError
 
 ALL = lambda dtype: True  # noqa: E731
@@ -50,16 +51,16 @@ def test_explicit_precisions_are_kept_and_bad_ones_refused():
     assert PRECISION_CHOICES[0] == "auto"
 
 
-def test_resolve_dtype_on_the_cpu():
+def test_resolve_precision_on_the_cpu():
     native = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    assert resolve_dtype("auto", torch.device("cpu")) == native
-    assert resolve_dtype("auto") == native
-    assert resolve_dtype("auto", torch.device("cpu"), backend="openvino") == native
+    assert resolve_precision("auto", torch.device("cpu")) == native
+    assert resolve_precision("auto") == native
+    assert resolve_precision("auto", torch.device("cpu"), backend="openvino") == native
     # onnxruntime takes fp32/fp16 exports only; OpenVINO's GPU/NPU devices are not the CPU.
-    assert resolve_dtype("auto", torch.device("cpu"), backend="onnxruntime") == torch.float32
-    assert resolve_dtype("auto", torch.device("cpu"), backend="openvino", ov_device="GPU") == torch.float32
-    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu"), backend="onnxruntime") == torch.float32
+    assert resolve_precision("auto", torch.device("cpu"), backend="openvino", ov_device="GPU") == torch.float32
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
 
 
 @pytest.mark.parametrize(
@@ -88,11 +89,9 @@ def test_cli_contradictions_are_usage_errors():
 
 
 def test_default_engine_on_the_cpu_is_fp32(tmp_path):
-    from vsr.batch.run import UpscalerSpec
-
     path = tmp_path / "m.pth"
     torch.save({"params_ema": tiny_srvgg().state_dict()}, path)
-    spec = UpscalerSpec(model=str(path), device="cpu")
+    spec = ComputeSpec(model=str(path), device="cpu")
     assert spec.precision == "auto"
     assert spec().engine.dtype == torch.float32
 
@@ -105,7 +104,7 @@ def test_to_device_once_on_the_cpu_is_the_tensor_itself():
 @pytest.mark.needs_cuda
 def test_auto_is_fp16_on_this_gpu_and_uploads_are_resident():
     dev = torch.device("cuda", 0)
-    assert resolve_dtype("auto", dev) == torch.float16
+    assert resolve_precision("auto", dev) == torch.float16
     host = torch.linspace(0, 1, 1000)
     resident = to_device_once(host, dev)
     assert resident.device == dev and torch.equal(resident.cpu(), host)

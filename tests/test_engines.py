@@ -21,11 +21,10 @@ import torch
 
 from helpers import photos, psnr, tiny_rrdb, tiny_srvgg
 from vsr.device import PRECISIONS
-from vsr.engines import Engine, TorchEngine
+from vsr.engines import Engine, EngineCaps, TorchEngine
 from vsr.engines.torch_engine import precision_works
 from vsr.errors import BackendUnavailable, InputError, InputMissing, OutputError, UsageError
 from vsr.kernels import quantize
-from vsr.upscale import engine_limits
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason='needs onnx, onnxscript and onnxruntime: pip install "vsr[onnx]"')
@@ -142,15 +141,18 @@ def test_backend_matches_the_torch_fp32_reference(backend, precision, shape, arc
         # TorchEngine falls back to fp32 where a precision's convolutions are missing (section 6).
         if isinstance(engine, TorchEngine) and not precision_works(engine.device, wanted):
             wanted = torch.float32
+        caps = engine.caps
+        assert isinstance(caps, EngineCaps) and caps.input_dtype == engine.dtype
         if backend == "openvino-cpu":
             # Float32 in and out; the network computes in the precision asked (or fp32 where the
             # CPU lacks it, with a warning).
             assert engine.dtype == torch.float32
-            assert engine.compute_dtype in (wanted, torch.float32)
+            assert caps.compute_dtype in (wanted, torch.float32)
         else:
-            assert engine.dtype == wanted
+            assert engine.dtype == caps.compute_dtype == wanted
+        check_caps(backend, shape, engine)
         # Batches as the Upscaler sends them: at most the batch a fixed-shape or profiled engine takes.
-        limits = engine_limits(engine)
+        limits = caps.limits
         step = limits[0] if limits else len(x)
         outs = [engine(x[i : i + step].to(engine.device, engine.dtype)) for i in range(0, len(x), step)]
         assert all(o.device.type == engine.device.type and o.dtype == engine.dtype for o in outs)
@@ -161,6 +163,35 @@ def test_backend_matches_the_torch_fp32_reference(backend, precision, shape, arc
     db = psnr(got, ref)
     print(f"{backend} {precision} {shape} {arch}: {db:.2f} dB")
     assert db >= MIN_DB[precision], f"{db:.2f} dB"
+
+
+def check_caps(backend: str, shape: str, engine: Engine) -> None:
+    """What every backend must declare in ``engine.caps`` besides its dtypes (the Upscaler, the
+    pipeline and the CLI read nothing else)."""
+    caps = engine.caps
+    # A fixed-shape export is declared as one (TensorRT builds it as a profile of one shape).
+    assert caps.fixed_shape == ((1, 3, *SIZE) if shape == "fixed" and backend != "tensorrt" else None)
+    assert (caps.max_shape is not None) == (backend == "tensorrt")
+    if backend == "tensorrt":
+        assert caps.min_shape == tuple(engine.profile.min) and caps.max_shape == tuple(engine.profile.max)
+    # onnxruntime and OpenVINO compute in their own CPU thread pools; torch's threads do the glue.
+    assert caps.cpu_thread_pool == (backend in ("ort-cpu", "openvino-cpu"))
+    # Several calls at once: eager torch on the CPU, OpenVINO's CPU streams where it has the threads.
+    if backend == "openvino-cpu":
+        assert caps.concurrent == (engine.parallel_calls > 1)
+    else:
+        assert caps.concurrent == (backend == "torch-cpu")
+    assert caps.device_label == ("CPU" if backend == "openvino-cpu" else str(engine.device))
+
+
+def test_engine_caps_refuse_a_fixed_shape_with_a_range():
+    with pytest.raises(ValueError, match="not both"):
+        EngineCaps(torch.float32, torch.float32, "cpu", fixed_shape=(1, 3, 8, 8), min_shape=(1, 3, 8, 8), max_shape=(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="both"):
+        EngineCaps(torch.float32, torch.float32, "cpu", max_shape=(1, 3, 8, 8))
+    caps = EngineCaps(torch.float16, torch.float16, "cuda:0", min_shape=(1, 3, 16, 24), max_shape=(4, 3, 64, 96))
+    assert caps.limits == (4, 64, 96) and caps.min_side == 24
+    assert EngineCaps(torch.float32, torch.float32, "cpu").limits is None
 
 
 @pytest.mark.needs_cuda
@@ -249,7 +280,7 @@ def test_dynamic_export_runs_any_size_and_batch(arch):
     dims = onnx.load_from_string(data).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
     engine = OrtEngine(data)
-    assert engine.fixed_shape is None
+    assert engine.fixed_shape is None and engine.caps.fixed_shape is None
     for x in (photos(24, 40), photos(48, 32)[:1]):
         out = engine(x)
         assert out.shape == (x.shape[0], 3, x.shape[2] * 4, x.shape[3] * 4)
@@ -261,16 +292,16 @@ def test_dynamic_export_runs_any_size_and_batch(arch):
 def test_threads_reach_onnxruntime_on_the_cpu(tmp_path):
     # --threads is the cores vsr may use: onnxruntime's own pool gets that count (it ignores
     # torch's), and it marks itself as computing in its own pool (Upscaler.glue_threads).
-    from vsr.runtime import build_upscaler
+    from vsr.compute import ComputeSpec
 
     path = tmp_path / "tiny.pth"
     torch.save({"params_ema": tiny_srvgg(seed=2).state_dict()}, path)
     before = torch.get_num_threads()
     try:
-        engine = build_upscaler(model=str(path), device="cpu", backend="onnxruntime", precision="fp32", threads=1).engine
+        engine = ComputeSpec(model=str(path), device="cpu", backend="onnxruntime", precision="fp32", threads=1)().engine
     finally:
         torch.set_num_threads(before)
-    assert engine.cpu_thread_pool and engine._session.get_session_options().intra_op_num_threads == 1
+    assert engine.caps.cpu_thread_pool and engine._session.get_session_options().intra_op_num_threads == 1
     engine.close()
 
 

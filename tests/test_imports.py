@@ -227,8 +227,33 @@ def broken_rules(graph: dict[str, dict[str, int]]) -> list[str]:
     return found
 
 
+#: module -> the only project modules that may import it. Each rule says why.
+OWNERS = {
+    # One owner per decision: vsr.compute turns --backend auto into a choice and refuses what a
+    # backend cannot do; nobody else picks a backend or builds an engine from the flags.
+    "vsr.engines.backends": ("vsr.compute",),
+}
+
+
+def foreign_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    """``module -> target (line)`` for every import of an :data:`OWNERS` module by a non-owner."""
+    return [
+        f"{module} -> {target} (line {line})"
+        for module, edges in sorted(graph.items())
+        for target, line in sorted(edges.items())
+        if target in OWNERS and module not in OWNERS[target]
+    ]
+
+
 def test_the_layering_rules_hold():
-    assert broken_rules(import_graph(project_modules())) == []
+    graph = import_graph(project_modules())
+    assert broken_rules(graph) == []
+    assert foreign_imports(graph) == []
+
+
+def test_the_owner_check_finds_a_foreign_import():
+    graph = {"vsr.compute": {"vsr.engines.backends": 3}, "vsr.cli": {"vsr.engines.backends": 9, "vsr.compute": 2}}
+    assert foreign_imports(graph) == ["vsr.cli -> vsr.engines.backends (line 9)"]
 
 
 def test_the_layering_check_finds_a_broken_rule():

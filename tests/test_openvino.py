@@ -21,7 +21,7 @@ from vsr.device import cpu_has_fast_bf16
 from vsr.errors import UsageError
 from vsr.media.image import write_image
 from vsr.kernels import quantize
-from vsr.upscale import Upscaler, cpu_batch, engine_limits
+from vsr.upscale import Upscaler, cpu_batch
 
 openvino = pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
 
@@ -185,14 +185,14 @@ def test_device_names():
 
 
 def test_device_and_backend_resolution():
-    from vsr.runtime import resolve_backend
+    from vsr.compute import choose_backend
 
-    assert resolve_backend("openvino", "auto") == ("openvino", torch.device("cpu"), "CPU")
-    assert resolve_backend("auto", "GPU.1") == ("openvino", torch.device("cpu"), "GPU.1")
+    assert choose_backend("openvino", "auto") == ("openvino", torch.device("cpu"), "CPU")
+    assert choose_backend("auto", "GPU.1") == ("openvino", torch.device("cpu"), "GPU.1")
     with pytest.raises(UsageError, match="OpenVINO device"):
-        resolve_backend("torch", "NPU")
+        choose_backend("torch", "NPU")
     with pytest.raises(UsageError, match="not cuda"):
-        resolve_backend("openvino", "cuda")
+        choose_backend("openvino", "cuda")
 
 
 def test_a_device_openvino_does_not_see_is_exit_69(tmp_path):
@@ -219,7 +219,7 @@ def test_a_device_openvino_does_not_see_is_exit_69(tmp_path):
 def test_fixed_shape_engine_limits_and_tiling():
     model = tiny_rrdb(seed=5)
     engine = OpenVinoEngine(model, shape=(2, 3, 32, 32))
-    assert engine.fixed_shape == (2, 3, 32, 32) and engine_limits(engine) == (2, 32, 32)
+    assert engine.fixed_shape == engine.caps.fixed_shape == (2, 3, 32, 32) and engine.caps.limits == (2, 32, 32)
     x = photos(48, 64)  # larger than the fixed tile: the Upscaler tiles it to 32x32
     up = Upscaler(engine, tile=0, overlap=8, batch=4)
     assert up.batch == 2
@@ -282,7 +282,7 @@ def test_vsr_batch_with_openvino(tmp_path, capsys, tiny_file, clip):
     code, err = run(capsys, "batch", clip, "--output-dir", tmp_path / "out", "--model", tiny_file, "--backend", "openvino",
                     "--device", "cpu", "--progress", "none", "-v")
     assert code == 0, err
-    # UpscalerSpec carried the backend into the worker, and `--precision auto` chose there.
+    # ComputeSpec carried the backend into the worker, and `--precision auto` chose there.
     assert f"openvino CPU, {'bf16' if cpu_has_fast_bf16() else 'fp32'}" in err
     assert len(media.decode_frames(tmp_path / "out" / "c.mp4")) == 6
 
@@ -346,10 +346,8 @@ class _CountsThreads:
     """An engine wrapper that records torch's thread count on every call (the compute thread)."""
 
     def __init__(self, inner):
-        self.inner, self.spec, self.device, self.dtype = inner, inner.spec, inner.device, inner.dtype
-        self.cpu_thread_pool = getattr(inner, "cpu_thread_pool", False)
-        if hasattr(inner, "concurrent"):  # OpenVINO: the run's compute threads call it
-            self.concurrent = inner.concurrent
+        self.inner, self.spec, self.device, self.dtype, self.caps = inner, inner.spec, inner.device, inner.dtype, inner.caps
+        self.concurrent = inner.concurrent  # the run's compute threads hold it where caps.concurrent says so
         self.counts: list[int] = []
 
     def __call__(self, x):
@@ -401,19 +399,19 @@ def test_torch_glue_runs_on_one_thread_while_openvino_computes(tmp_path, clip):
 
 
 def test_auto_backend_on_the_cpu(monkeypatch, caplog):
+    from vsr.compute import choose_backend
     from vsr.engines.backends import choose_cpu_backend
-    from vsr.runtime import resolve_backend
 
     assert choose_cpu_backend(openvino_available=True) == "openvino"
     assert choose_cpu_backend(openvino_available=False) == "torch"
     with caplog.at_level(logging.WARNING, logger="vsr"):
-        assert resolve_backend("auto", "cpu") == ("openvino", torch.device("cpu"), "CPU")  # installed here
-        assert resolve_backend("torch", "cpu")[0] == "torch"  # asked for: nothing to say
+        assert choose_backend("auto", "cpu") == ("openvino", torch.device("cpu"), "CPU")  # installed here
+        assert choose_backend("torch", "cpu")[0] == "torch"  # asked for: nothing to say
     assert not caplog.records
     monkeypatch.setitem(sys.modules, "openvino", None)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "openvino" else object())
     with caplog.at_level(logging.WARNING, logger="vsr"):
-        assert resolve_backend("auto", "cpu")[0] == "torch"
+        assert choose_backend("auto", "cpu")[0] == "torch"
     # Without OpenVINO the user hears, once per run, where the faster CPU backend is.
     assert [r.levelno for r in caplog.records] == [logging.WARNING] and 'pip install "vsr[openvino]"' in caplog.text
 

@@ -94,7 +94,7 @@ def test_sized_engines_build_once_per_input_size_under_the_upscaler(caplog):
 
     engine = SizedEngines(build, spec=reference.spec, device=CPU, dtype=torch.float32, batch=4, max_engines=2)
     upscaler = Upscaler(engine, tile=0, batch=4)
-    assert upscaler.batch == 4 and upscale.engine_limits(engine) is None  # no fixed profile to fit frames into
+    assert upscaler.batch == 4 and engine.caps.limits is None  # no fixed profile to fit frames into
     x = photos(64, 96, pan(4))
     out = upscaler(x)
     assert built == [(4, 3, 64, 96)]  # one whole-frame engine, batch 4, built on first use

@@ -151,10 +151,10 @@ def test_concurrent_calls_share_the_memory_budget(monkeypatch):
         monkeypatch.setattr(upscale, "free_memory", lambda device: int(need / upscale.MEMORY_SHARE["cpu"] * 1.5))
         up = Upscaler(engine, batch=1)
         assert up._tile_for(128, 128, 1) == 0  # alone: the whole frame
-        with engine.concurrent() as workers:
-            assert workers == 2 and engine.calls_at_once == 2
+        with up.concurrent() as workers:
+            assert workers == 2 and engine.caps.concurrent
             tile = up._tile_for(128, 128, 1)
             assert 0 < tile < 128 and estimate_bytes(engine.spec.activation_per_pixel, tile * tile, engine.dtype) <= need * 1.5 / 2
-        assert engine.calls_at_once == 1 and up._tile_for(128, 128, 1) == 0
+        assert up._tile_for(128, 128, 1) == 0
     finally:
         torch.set_num_threads(before)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from vsr import color
 from vsr.engines import TorchEngine
 from vsr.kernels.yuv import rgb_to_yuv, yuv_to_rgb
 from vsr.media.encode import EncodeSettings
+from vsr.media.options import VideoOptions
 from vsr.upscale import Upscaler
 
 SCALE = 4
@@ -492,13 +494,12 @@ def test_groups_computed_on_several_threads_come_out_in_order():
 
 class _NamesCallers:
     """An engine wrapper that records which thread makes each call; with ``concurrent=False`` the
-    pipeline sees an engine without ``concurrent()`` (every call from one thread)."""
+    pipeline sees an engine whose caps declare no ``concurrent()`` (every call from one thread)."""
 
     def __init__(self, inner, *, concurrent: bool):
         self.inner, self.spec, self.device, self.dtype = inner, inner.spec, inner.device, inner.dtype
-        self.cpu_thread_pool = getattr(inner, "cpu_thread_pool", False)
-        if concurrent:
-            self.concurrent = inner.concurrent
+        self.caps = replace(inner.caps, concurrent=inner.caps.concurrent and concurrent)
+        self.concurrent = inner.concurrent
         self.callers: list[str] = []
 
     def __call__(self, x):
@@ -528,7 +529,7 @@ def test_concurrent_compute_gives_the_frames_and_timestamps_of_one_thread(tmp_pa
         for calls in (1, 2):
             outs[calls] = tmp_path / f"calls{calls}.mkv"
             wrapped = _NamesCallers(engine, concurrent=calls == 2)
-            run_video(VideoJob(src, outs[calls], settings=EncodeSettings(options=(("qp", "0"),))), Upscaler(wrapped, batch=1))
+            run_video(VideoJob(src, outs[calls], video=VideoOptions(settings=EncodeSettings(options=(("qp", "0"),)))), Upscaler(wrapped, batch=1))
             callers[calls] = set(wrapped.callers)
         assert callers[1] == {threading.current_thread().name}
         assert len(callers[2]) == 2 and all(name.startswith("vsr-compute") for name in callers[2])

@@ -102,8 +102,8 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     """The model, compute and video-output flags `vsr run` and `vsr batch` share."""
     from .dedup import DEFAULT_MODE as DEDUP_DEFAULT
     from .dedup import MODES as DEDUP_MODES
+    from .compute import BACKEND_CHOICES
     from .device import PRECISION_CHOICES
-    from .engines.backends import BACKENDS
     from .models.zoo import DEFAULT_MODEL
     from .upscale import DEFAULT_BATCH, DEFAULT_OVERLAP
 
@@ -117,7 +117,7 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_positive_int, default=None, help=f"frames (whole-frame mode) or tiles per model call (default {DEFAULT_BATCH} on a GPU; on the CPU chosen by frame size)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="CPU cores vsr may use for the network (default: all)")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto",
+        "--backend", choices=BACKEND_CHOICES, default="auto",
         help="auto (default): TensorRT when it is installed and the device is a GPU; on the CPU OpenVINO when it is installed, else torch",
     )
     parser.add_argument("--engine", type=Path, help="a prebuilt engine: .onnx for onnxruntime, a `vsr build-engine` plan for tensorrt")
@@ -149,10 +149,7 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole argparse tree."""
-    from .models.zoo import DEFAULT_MODEL
-    from .progress import KINDS
-
+    """The whole argparse tree: the common flags, then one ``_add_<command>`` per command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -161,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vsr", description="Video and image super-resolution with ESRGAN-family networks.")
     parser.add_argument("--version", action="version", version=f"vsr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub, common)
+    _add_models(sub, common)
+    _add_interp(sub, common)
+    _add_batch(sub, common)
+    _add_export_onnx(sub, common)
+    _add_build_engine(sub, common)
+    _add_train(sub, common)
+    _add_eval(sub, common)
+    _add_env(sub, common)
+    return parser
+
+
+def _add_run(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr run``: one video, image or folder of images."""
+    from .progress import KINDS
 
     run = sub.add_parser(
         "run",
@@ -181,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     run.set_defaults(handler=cmd_run)
 
+
+def _add_models(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr models`` and ``vsr models fetch``."""
     models = sub.add_parser(
         "models",
         parents=[common],
@@ -211,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     mfetch.add_argument("--force", action="store_true", help="convert again even if the files are there and sound")
     mfetch.set_defaults(handler=cmd_models_fetch)
 
+
+def _add_interp(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr interp``: network interpolation of two models."""
     interp = sub.add_parser(
         "interp",
         parents=[common],
@@ -225,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--output", type=Path, required=True, help="result, a .safetensors file")
     interp.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     interp.set_defaults(handler=cmd_interp)
+
+
+def _add_batch(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr batch``: many inputs over several workers, resumable."""
+    from .progress import KINDS
 
     batch = sub.add_parser(
         "batch",
@@ -258,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
     batch.set_defaults(handler=cmd_batch)
 
+
+def _add_export_onnx(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr export-onnx``."""
+    from .models.zoo import DEFAULT_MODEL
+
     export = sub.add_parser(
         "export-onnx",
         parents=[common],
@@ -276,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     export.set_defaults(handler=cmd_export_onnx)
 
+
+def _add_build_engine(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr build-engine``: a TensorRT engine from an ONNX file."""
     build = sub.add_parser(
         "build-engine",
         parents=[common],
@@ -302,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", help="cuda or cuda:N (default cuda)")
     build.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     build.set_defaults(handler=cmd_build_engine)
+
+
+def _add_train(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr train`` and ``vsr train export``."""
+    from .progress import KINDS
 
     train = sub.add_parser(
         "train",
@@ -332,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     texport.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     texport.set_defaults(handler=cmd_train_export)
 
+
+def _add_eval(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr eval``: a model's (or another tool's) pictures against HR ones."""
+    from .device import PRECISIONS
+    from .models.zoo import DEFAULT_MODEL
+
     evaluate = sub.add_parser(
         "eval",
         parents=[common],
@@ -357,15 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", help="comma-separated: psnr, ssim, lpips, dists, niqe, tof, warp_error (default: every one that can run here)")
     evaluate.add_argument("--lr-dir", type=Path, help="matching low-resolution images (default: bicubic downscale of the HR ones)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    evaluate.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     evaluate.add_argument("--tile", type=_non_negative_int, default=0, help="tile side; 0 = whole image when it fits")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=cmd_eval)
 
+
+def _add_env(sub, common: argparse.ArgumentParser) -> None:
+    """``vsr env``: versions of the parts vsr runs on."""
     env = sub.add_parser("env", parents=[common], help="versions of Python, torch, CUDA, PyAV/FFmpeg and the optional backends")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(handler=cmd_env)
-    return parser
 
 
 # --------------------------------------------------------------------------- commands
@@ -373,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _precision(args: argparse.Namespace) -> str:
     """--precision / --fp16 resolved (and checked together with the tile flags); ``auto`` is
-    turned into a dtype on the device the engine runs on (:func:`vsr.device.resolve_dtype`)."""
+    turned into a dtype on the device the engine runs on (:func:`vsr.compute.resolve`)."""
     precision = args.precision or "auto"
     if args.fp16 is not None:
         wanted = "fp16" if args.fp16 else "fp32"
@@ -400,6 +444,17 @@ VIDEO_FLAGS = (
     "codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder",
     "auto_rotate", "square_pixels", "start", "duration", "frames", "dedup",
 )
+
+
+def _video_options(args: argparse.Namespace):
+    """The video flags as one :class:`vsr.media.options.VideoOptions` (``vsr run`` and ``vsr batch``)."""
+    from .dedup import DEFAULT_MODE
+    from .media.options import VideoOptions
+
+    return VideoOptions(
+        settings=_encode_settings(args), outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav",
+        picture=_picture(args), trim=_trim(args), dedup=args.dedup or DEFAULT_MODE,
+    )
 
 
 def _picture(args: argparse.Namespace):
@@ -441,10 +496,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_video(args, precision)
 
 
-def _upscaler_spec(args: argparse.Namespace, precision: str):
-    from .batch.run import UpscalerSpec
+def _compute_spec(args: argparse.Namespace, precision: str):
+    """The compute flags as one :class:`vsr.compute.ComputeSpec` (``precision`` from :func:`_precision`)."""
+    from .compute import ComputeSpec
 
-    return UpscalerSpec(
+    return ComputeSpec(
         model=args.model, device=args.device, precision=precision, backend=args.backend,
         engine_path=str(args.engine) if args.engine else None, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
         compile=args.compile, cuda_graphs=args.cuda_graphs, threads=args.threads,
@@ -453,14 +509,13 @@ def _upscaler_spec(args: argparse.Namespace, precision: str):
 
 def _make_upscaler(args: argparse.Namespace, precision: str):
     from .device import dtype_name
-    from .upscale import engine_limits
 
-    upscaler = _upscaler_spec(args, precision)()
+    upscaler = _compute_spec(args, precision)()
     engine = upscaler.engine
-    limits = engine_limits(engine)
+    caps, limits = engine.caps, upscaler.limits
     log.info(
-        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(getattr(engine, "compute_dtype", engine.dtype)),
-        getattr(engine, "ov_device", engine.device), f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
+        "backend %s, %s, %s on %s; %s", type(engine).__name__, engine.spec.describe(), dtype_name(caps.compute_dtype),
+        caps.device_label, f"inputs up to batch {limits[0]} of {limits[2]}x{limits[1]}" if limits else "any input shape",
     )
     return upscaler
 
@@ -500,14 +555,9 @@ def _upscale_images(args: argparse.Namespace, precision: str, tasks) -> int:
 
 def _run_video(args: argparse.Namespace, precision: str) -> int:
     from . import progress
-    from .dedup import DEFAULT_MODE as DEDUP_DEFAULT
     from .pipeline import VideoJob, check_job, run_video
 
-    settings = _encode_settings(args)
-    job = VideoJob(
-        args.input, args.output, settings=settings, outscale=args.outscale, hwaccel=args.hwaccel,
-        decoder=args.decoder or "pyav", overwrite=args.overwrite, picture=_picture(args), trim=_trim(args), dedup=args.dedup or DEDUP_DEFAULT,
-    )
+    job = VideoJob(args.input, args.output, video=_video_options(args), overwrite=args.overwrite)
     if not args.input.exists():
         from .errors import InputMissing
 
@@ -549,16 +599,13 @@ def _size(n: int) -> str:
 def cmd_batch(args: argparse.Namespace) -> int:
     from . import progress
     from .batch.run import parse_shard, run_batch
-    from .dedup import DEFAULT_MODE as DEDUP_DEFAULT
 
     precision = _precision(args)
     reporter = progress.make("none" if args.quiet else args.progress)
     try:
         summary = run_batch(
-            args.inputs, args.output_dir, make_upscaler=_upscaler_spec(args, precision), settings=_encode_settings(args),
-            outscale=args.outscale, hwaccel=args.hwaccel, decoder=args.decoder or "pyav", output_ext=args.output_ext,
-            picture=_picture(args), trim=_trim(args), dedup=args.dedup or DEDUP_DEFAULT,
-            workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
+            args.inputs, args.output_dir, make_upscaler=_compute_spec(args, precision), video=_video_options(args),
+            output_ext=args.output_ext, workers=args.workers, executor=args.executor, ray_address=args.ray_address, retries=args.retries,
             segment_frames=args.segment_frames, segments=args.segments, overwrite=args.overwrite,
             shard=parse_shard(args.shard) if args.shard else None, progress=reporter,
         )

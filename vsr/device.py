@@ -1,8 +1,8 @@
-"""Choosing the device and the compute precision from user flags, and small device helpers."""
+"""Devices and precisions: the one table of precision names, the ``--device`` parser, and the
+pure rules :func:`vsr.compute.resolve` uses to choose a precision."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 
@@ -11,8 +11,8 @@ from torch import nn
 
 from .errors import BackendUnavailable, UsageError
 
-log = logging.getLogger(__name__)
 
+# The precision names every flag, config key and engine uses, and their torch dtypes.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # --precision values: a dtype, or "auto" (the default): see choose_precision.
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -68,10 +68,6 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-# Backends that run bf16 on the CPU (onnxruntime and TensorRT take fp32/fp16 exports only).
-CPU_BF16_BACKENDS = ("torch", "openvino")
-
-
 def choose_precision(
     precision: str, device_type: str, works: Callable[[torch.dtype], bool], *, cpu_bf16: bool = False,
 ) -> str:
@@ -92,22 +88,8 @@ def choose_precision(
     return next((name for name in ("fp16", "bf16") if works(PRECISIONS[name])), "fp32")
 
 
-def resolve_dtype(precision: str, device: torch.device | None = None, *, backend: str = "torch", ov_device: str = "CPU") -> torch.dtype:
-    """``auto``/``fp32``/``fp16``/``bf16`` to a torch dtype for ``backend`` on ``device`` (without
-    one, the CPU); ``auto`` on the CPU is bf16 only for a backend in :data:`CPU_BF16_BACKENDS`
-    on a CPU with :func:`cpu_has_fast_bf16`, and not for OpenVINO's GPU/NPU devices
-    (``ov_device``; not run here, so fp32). An ``auto`` choice of bf16 is logged."""
-    device = torch.device("cpu") if device is None else torch.device(device)
-    cpu_bf16 = (precision == "auto" and device.type == "cpu" and backend in CPU_BF16_BACKENDS and ov_device == "CPU"
-                and cpu_has_fast_bf16())
-    name = choose_precision(precision, device.type, lambda dtype: precision_works(device, dtype), cpu_bf16=cpu_bf16)
-    if cpu_bf16:
-        log.info("--precision auto on the CPU: bf16 (the CPU multiplies bf16 in hardware; --precision fp32 for exact fp32)")
-    return PRECISIONS[name]
-
-
 def dtype_name(dtype: torch.dtype) -> str:
-    """Inverse of :func:`resolve_dtype` for a concrete dtype."""
+    """The :data:`PRECISIONS` name of a concrete dtype (``torch.float16`` -> ``fp16``)."""
     return next(name for name, dt in PRECISIONS.items() if dt == dtype)
 
 

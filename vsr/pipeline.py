@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import color
-from .dedup import DEFAULT_MODE, Detector, check_mode, log_reuse
+from .dedup import Detector, check_mode, log_reuse
 from .errors import UsageError, VsrError
 from .files import check_output, publish
 from .frame import CopiedPacket, Frame, VideoInfo
@@ -45,6 +45,7 @@ from .media.encode import (
     plan_encoder,
     planar_source,
 )
+from .media.options import VideoOptions
 from .media.plan import PictureOptions, VideoPlan, plan_video
 from .media.trim import Trim, check_decoder, format_time
 from .stages import Channel, Stages
@@ -59,18 +60,12 @@ QUEUE_FRAMES = 4
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One ``vsr run`` on a video file."""
+    """One ``vsr run`` on a video file: its input, its output and the video options."""
 
     source: Path
     target: Path
-    settings: EncodeSettings = EncodeSettings()
-    outscale: float | None = None
-    hwaccel: str | None = None
-    decoder: str = "pyav"  # or "dali"
+    video: VideoOptions = VideoOptions()
     overwrite: bool = False
-    picture: PictureOptions = PictureOptions()
-    trim: Trim | None = None
-    dedup: str = DEFAULT_MODE  # vsr.dedup.MODES
 
 
 @dataclass(frozen=True)
@@ -97,9 +92,9 @@ def check_job(job: VideoJob) -> str:
     fmt = container_format(job.target)
     if fmt is None:
         raise UsageError(f"output {job.target} is not a video container vsr writes; use one of {', '.join(sorted(CONTAINERS))}")
-    check_decoder(job.decoder, job.trim)
-    check_mode(job.dedup)
-    check_encoder(fmt, job.settings)
+    check_decoder(job.video.decoder, job.video.trim)
+    check_mode(job.video.dedup)
+    check_encoder(fmt, job.video.settings)
     check_output(job.target, overwrite=job.overwrite, inputs=(job.source,))
     return fmt
 
@@ -150,19 +145,19 @@ def run_video(
     encode thread after every frame (progress); ``on_start(info)`` once the input is open."""
     fmt = check_job(job)
     started = time.perf_counter()
-    source, info = open_input(job.source, hwaccel=job.hwaccel, hwaccel_device=cuda_index(upscaler))
+    source, info = open_input(job.source, hwaccel=job.video.hwaccel, hwaccel_device=cuda_index(upscaler))
     try:
         log.info("input %s: %s", job.source, info.describe())
-        check_trim(job.trim, info)
-        codec, pix_fmt, plan = plan_output(info, fmt, job.settings, job.picture, scale=upscaler.scale, outscale=job.outscale, trim=job.trim)
+        check_trim(job.video.trim, info)
+        codec, pix_fmt, plan = plan_output(info, fmt, job.video.settings, job.video.picture, scale=upscaler.scale, outscale=job.video.outscale, trim=job.video.trim)
         plan.log()
-        if job.decoder == "dali":  # refused before any output file exists
+        if job.video.decoder == "dali":  # refused before any output file exists
             dali_decode.require()
             dali_decode.check_input(info, _dali_device(upscaler))
             if plan.deinterlace.enabled:
                 raise UsageError(f"input {job.source} is interlaced and --decoder dali cannot deinterlace; use --decoder pyav, or --deinterlace off")
         if on_start is not None:
-            on_start(replace(info, frames_hint=frame_count_hint(info, job.trim, plan)))
+            on_start(replace(info, frames_hint=frame_count_hint(info, job.video.trim, plan)))
         with publish(job.target, overwrite=job.overwrite) as partial, upscaler.glue_threads():
             frames, reused = _run(job, fmt, source, info, upscaler, partial, on_frame, codec=codec, pix_fmt=pix_fmt, plan=plan)
     finally:
@@ -175,24 +170,24 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
     """(frames written, frames reused) of the run: decode, compute and encode on their threads."""
     out_colour = color.for_output(info.colour, pix_fmt)
     muxer = Muxer(
-        partial, fmt=fmt, info=info, source=source, plan=plan, settings=job.settings,
+        partial, fmt=fmt, info=info, source=source, plan=plan, settings=job.video.settings,
         codec=codec, pix_fmt=pix_fmt, colour=out_colour,
     )
     stages = Stages()
     decoded = stages.channel(QUEUE_FRAMES + upscaler.batch)
     computed = stages.channel(QUEUE_FRAMES + upscaler.batch)
     counts = {"decoded": 0}
-    detector = Detector(job.dedup, upscaler.engine.device)
+    detector = Detector(job.video.dedup, upscaler.engine.device)
     write = FrameWriter(muxer, on_frame)
 
     def decode() -> None:
-        if job.decoder == "dali":
+        if job.video.decoder == "dali":
             items = dali_decode.iter_media_dali(
                 source, info, copy_streams=muxer.copied_indices, device=_dali_device(upscaler),
                 batch=max(8, upscaler.batch), device_id=upscaler.engine.device.index,
             )
         else:
-            items = iter_media(source, info, copy_streams=muxer.copied_indices, trim=job.trim, deinterlace=plan.deinterlace)
+            items = iter_media(source, info, copy_streams=muxer.copied_indices, trim=job.video.trim, deinterlace=plan.deinterlace)
         for item in items:
             if isinstance(item, CopiedPacket):
                 decoded.put(item, 0)

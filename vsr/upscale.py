@@ -20,6 +20,7 @@ from . import tiling
 from .device import to_device_once
 from .engines import Engine
 from .errors import TransientError
+from .runtime import torch_threads
 from .kernels import accumulate_tiles, extract_tiles, pad_bottom_right
 
 log = logging.getLogger(__name__)
@@ -86,26 +87,6 @@ def cpu_batch(height: int, width: int, *, most: int = DEFAULT_BATCH, pixels: int
     return max(1, min(most, pixels // max(1, height * width)))
 
 
-def engine_limits(engine: Engine) -> tuple[int, int, int] | None:
-    """(batch, height, width) an engine takes at most per call, or None when any shape goes.
-
-    Fixed-shape ONNX Runtime sessions expose ``fixed_shape`` (N, C, H, W); TensorRT engines expose
-    their optimisation ``profile`` (min, opt, max shapes). Eager engines have neither.
-    """
-    fixed = getattr(engine, "fixed_shape", None)
-    if fixed:
-        return fixed[0], fixed[2], fixed[3]
-    profile = getattr(engine, "profile", None)
-    if profile is not None:
-        return profile.max[0], profile.max[2], profile.max[3]
-    return None
-
-
-def _engine_min_side(engine: Engine) -> int:
-    profile = getattr(engine, "profile", None)
-    return max(engine.spec.min_size, *(profile.min[2:] if profile is not None else (0,)))
-
-
 def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
@@ -132,7 +113,7 @@ class Upscaler:
         if tile and overlap >= tile:
             raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
         self.engine = engine
-        self.limits = engine_limits(engine)
+        self.limits = engine.caps.limits  # (batch, height, width) at most per call, or None
         self.tile = tile
         self.overlap = overlap
         # A fixed-shape or profiled engine caps the batch; the tile is capped per frame (_tile_for).
@@ -140,6 +121,7 @@ class Upscaler:
         self._fitted_tile: int | None = None  # smaller tile found by an out-of-memory fallback
         self._planned: dict[tuple[int, int, int, int], int] = {}  # (height, width, frames, calls at once) -> tile
         self._call_batches: dict[tuple[int, int], int] = {}
+        self._calls_at_once = 1  # engine calls running at once while concurrent() is held
 
     @property
     def scale(self) -> int:
@@ -148,7 +130,7 @@ class Upscaler:
     @contextlib.contextmanager
     def glue_threads(self) -> Iterator[None]:
         """Torch on one thread for the duration when the engine computes on the CPU in a thread
-        pool of its own (``engine.cpu_thread_pool``: OpenVINO's CPU, onnxruntime's CPU).
+        pool of its own (``engine.caps.cpu_thread_pool``: OpenVINO's CPU, onnxruntime's CPU).
 
         Torch then only does the per-frame glue (clamp, padding, colour conversion), and its
         OpenMP workers spin-wait for a while after every parallel op: on a machine with as many
@@ -160,15 +142,23 @@ class Upscaler:
         glue too; torch's count is put back afterwards. The count is process-wide: one run at a
         time per process.
         """
-        before = torch.get_num_threads()
-        if not getattr(self.engine, "cpu_thread_pool", False) or before == 1:
+        with torch_threads(1) if self.engine.caps.cpu_thread_pool else contextlib.nullcontext():
             yield
+
+    @contextlib.contextmanager
+    def concurrent(self) -> Iterator[int]:
+        """Hold the engine's ``concurrent()`` where it declares one (``engine.caps.concurrent``);
+        yields how many calls may run at once (1 for every other engine). While held, each call
+        plans its tiles with that share of the free memory."""
+        if not self.engine.caps.concurrent:
+            yield 1
             return
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        with self.engine.concurrent() as calls:
+            self._calls_at_once = calls
+            try:
+                yield calls
+            finally:
+                self._calls_at_once = 1
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """Upscale ``frames``; returns float32 ``(N, C, H*scale, W*scale)`` on the engine's device."""
@@ -182,7 +172,8 @@ class Upscaler:
         spec = self.engine.spec
         # The network was trained on in-gamut RGB: YUV converted exactly can leave the cube at
         # saturated edges (values below 0 or above 1), which the network would turn into artefacts.
-        x = _pad(frames.to(self.engine.device, self.engine.dtype).clamp(0, 1), spec.multiple_of, _engine_min_side(self.engine))
+        min_side = max(spec.min_size, self.engine.caps.min_side)
+        x = _pad(frames.to(self.engine.device, self.engine.dtype).clamp(0, 1), spec.multiple_of, min_side)
         tile = self._tile_for(x.shape[-2], x.shape[-1], n)
         while True:
             try:
@@ -212,7 +203,7 @@ class Upscaler:
         # new CUDA graph capture or TensorRT build; nor does the device get queried every batch.
         # An engine running several calls at once (a CPU video run's compute threads) splits the
         # share between them.
-        calls = max(1, int(getattr(self.engine, "calls_at_once", 1)))
+        calls = self._calls_at_once
         key = (height, width, frames, calls)
         if key not in self._planned:
             if self.tile:

@@ -67,12 +67,11 @@ def compute_groups(frames: Iterable[Frame | Repeat], upscaler: Upscaler, make: C
     a group by the frames it computed: a repeat holds no picture of its own.
 
     On the calling thread; or, with an engine that runs several calls at once
-    (``engine.concurrent()`` yielding more than 1: OpenVINO's CPU streams, torch eager on the CPU
-    with its threads split), on that many compute threads (:func:`in_order`), so that the
+    (:meth:`Upscaler.concurrent` yielding more than 1: OpenVINO's CPU streams, torch eager on the
+    CPU with its threads split), on that many compute threads (:func:`in_order`), so that the
     network's streams never wait for one another."""
-    concurrent = getattr(upscaler.engine, "concurrent", None)
     count = 0
-    with concurrent() if concurrent is not None else contextlib.nullcontext(1) as workers:
+    with upscaler.concurrent() as workers:
         sizes: deque[tuple[int, int]] = deque()  # (frames, frames computed) of each group handed out, in order
 
         def groups() -> Iterator[list[Frame | Repeat]]:

@@ -7,6 +7,6 @@ unit/result types and the executor protocol), with ``manifest`` and ``segments``
 """
 
 from .manifest import Manifest, worst_exit_code
-from .run import BatchSummary, JobRow, UpscalerSpec, collect_inputs, parse_shard, run_batch
+from .run import BatchSummary, JobRow, collect_inputs, parse_shard, run_batch
 
-__all__ = ["BatchSummary", "JobRow", "Manifest", "UpscalerSpec", "collect_inputs", "parse_shard", "run_batch", "worst_exit_code"]
+__all__ = ["BatchSummary", "JobRow", "Manifest", "collect_inputs", "parse_shard", "run_batch", "worst_exit_code"]

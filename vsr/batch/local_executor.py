@@ -11,7 +11,8 @@ from collections import deque
 from pathlib import Path
 
 from ..errors import TransientError
-from .units import Unit, UnitResult
+from ..runtime import apply_threads
+from .units import Unit, UnitResult, UpscalerFactory
 from .worker import Worker
 
 
@@ -35,18 +36,13 @@ class InlineExecutor:
         self._worker.close()
 
 
-def _worker_main(index: int, make_upscaler, output_dir: str, threads: int | None, tasks, results) -> None:
+def _worker_main(index: int, make_upscaler: UpscalerFactory, output_dir: str, threads: int | None, tasks, results) -> None:
     """A spawned worker: build the engine lazily, run units until it gets None."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides; it terminates us on Ctrl-C
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    if hasattr(make_upscaler, "for_worker"):
-        make_upscaler = make_upscaler.for_worker(index)
-    worker = Worker(make_upscaler, Path(output_dir), lambda key, done: results.put(("progress", index, key, done)))
+    apply_threads(threads)
+    worker = Worker(make_upscaler.for_worker(index), Path(output_dir), lambda key, done: results.put(("progress", index, key, done)))
     try:
         while True:
             unit = tasks.get()
@@ -61,14 +57,14 @@ class PoolExecutor:
     """``workers`` spawned processes, each with its own task queue so the coordinator knows which
     unit each one holds (a worker that dies fails its unit with exit 75 and is replaced)."""
 
-    def __init__(self, workers: int, make_upscaler, output_dir: Path, on_progress):
+    def __init__(self, workers: int, make_upscaler: UpscalerFactory, output_dir: Path, on_progress):
         self.slots = workers
         self._ctx = multiprocessing.get_context("spawn")
         self._make_upscaler = make_upscaler
         self._output_dir = str(output_dir)
         self._on_progress = on_progress
         self._results = self._ctx.Queue()
-        cpu = getattr(make_upscaler, "threads", None) or os.cpu_count() or 1  # --threads is split between the workers
+        cpu = make_upscaler.threads or os.cpu_count() or 1  # --threads is split between the workers
         self._threads = max(1, cpu // workers)
         self._procs: list = [None] * workers
         self._tasks: list = [None] * workers

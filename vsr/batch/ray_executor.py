@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from ..errors import BackendUnavailable, TransientError
+from ..runtime import apply_threads
 from .units import UnitResult
 from .worker import Worker
 
@@ -28,10 +29,7 @@ class _RayWorker:
     """The actor: a :class:`vsr.batch.worker.Worker` with a warm engine."""
 
     def __init__(self, make_upscaler, output_dir: str, threads: int | None):
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        apply_threads(threads)
         self._worker = Worker(make_upscaler, Path(output_dir), lambda key, done: None)
 
     def run(self, unit) -> UnitResult:

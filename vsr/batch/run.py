@@ -9,8 +9,8 @@ videos into segments when asked, and hands units of work to workers one at a tim
 * ``join``: the pieces of a job remuxed into its output, once all of them are complete.
 
 Workers (``executor="local"``, :mod:`vsr.batch.local_executor`) are ``spawn``-ed processes, each
-building its engine once from ``make_upscaler`` (a picklable zero-argument callable such as
-:class:`UpscalerSpec`); with one worker everything runs in this process. ``executor="ray"`` runs
+building its engine once from ``make_upscaler`` (a :class:`vsr.batch.units.UpscalerFactory` such as
+:class:`vsr.compute.ComputeSpec`); with one worker everything runs in this process. ``executor="ray"`` runs
 the same :class:`vsr.batch.worker.Worker` on Ray actors (:mod:`vsr.batch.ray_executor`); the units
 and the executor protocol they share live in :mod:`vsr.batch.units`. Each unit is claimed with a lease file (an ``flock``), so
 two workers, or two batches on different nodes over shared storage, never process the same job or
@@ -34,16 +34,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..dedup import DEFAULT_MODE, check_mode
+from ..dedup import check_mode
 from ..errors import InputMissing, Interrupted, OutputError, TransientError, UsageError, VsrError
-from ..media.encode import CONTAINERS, VIDEO_EXTENSIONS, EncodeSettings, check_encoder, container_format, encoder_record
+from ..media.encode import CONTAINERS, VIDEO_EXTENSIONS, check_encoder, container_format, encoder_record
+from ..media.options import VideoOptions
 from ..media.plan import PictureOptions
-from ..media.trim import Trim, check_decoder
+from ..media.trim import check_decoder
 from ..progress import Progress
 from ..files import now_iso
 from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, options_fingerprint, worst_exit_code
 from .segments import SEGMENTS_DIR, Segment, index_video, piece_path, plan_segments
-from .units import BatchOptions, Executor, Job, Unit, UnitResult
+from .units import BatchOptions, Executor, Job, Unit, UnitResult, UpscalerFactory
 
 log = logging.getLogger(__name__)
 
@@ -51,55 +52,6 @@ log = logging.getLogger(__name__)
 # anything FFmpeg reads works when named explicitly.
 LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 EXECUTORS = ("local", "ray")
-
-
-# --------------------------------------------------------------------------- the engine spec
-
-
-@dataclass(frozen=True)
-class UpscalerSpec:
-    """What ``vsr run`` needs to build its Upscaler, small enough to pickle into a worker.
-
-    Calling it builds the engine (same code path as ``vsr run``); :meth:`for_worker` spreads
-    workers over the GPUs when the device is ``auto``/``cuda`` and there are several.
-    """
-
-    model: str = "realesrgan-x4plus"
-    device: str = "auto"
-    precision: str = "auto"
-    backend: str = "auto"
-    engine_path: str | None = None
-    tile: int = 0
-    tile_overlap: int = 16
-    batch: int | None = None  # None: chosen by frame size on the CPU (vsr.upscale.cpu_batch)
-    compile: bool | str = False
-    cuda_graphs: bool = False
-    threads: int | None = None  # cores vsr may use (None: torch's default, or a worker's share)
-
-    def __call__(self):
-        from ..runtime import build_upscaler
-
-        return build_upscaler(**asdict(self))
-
-    def for_worker(self, index: int) -> UpscalerSpec:
-        # The pool has already split --threads (or the cores) between the workers.
-        self = replace(self, threads=None)
-        if self.device not in ("auto", "cuda"):
-            return self
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return replace(self, device=f"cuda:{index % count}") if count > 1 else self
-
-    def fingerprint(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("device")  # where it runs does not change the result (precision and backend do)
-        out.pop("threads")
-        model = Path(self.model)
-        if model.is_file():
-            st = model.stat()
-            out["model_file"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        return out
 
 
 # --------------------------------------------------------------------------- inputs and jobs
@@ -238,15 +190,9 @@ def run_batch(
     inputs: Sequence[Path | str],
     output_dir: Path,
     *,
-    make_upscaler: Callable[[], Any],
-    settings: EncodeSettings = EncodeSettings(),
-    outscale: float | None = None,
-    hwaccel: str | None = None,
-    decoder: str = "pyav",
+    make_upscaler: UpscalerFactory,
+    video: VideoOptions = VideoOptions(),
     output_ext: str | None = None,
-    picture: PictureOptions = PictureOptions(),
-    trim: Trim | None = None,
-    dedup: str = DEFAULT_MODE,
     workers: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
@@ -257,10 +203,11 @@ def run_batch(
     shard: tuple[int, int] | None = None,
     progress: Progress | None = None,
 ) -> BatchSummary:
-    """Upscale every input into ``output_dir`` (same name, the input's container or ``output_ext``).
+    """Upscale every input into ``output_dir`` (same name, the input's container or ``output_ext``)
+    with the ``video`` options.
 
-    ``make_upscaler``: picklable zero-argument callable returning an Upscaler (e.g.
-    :class:`UpscalerSpec`), called once per worker. ``segment_frames``/``segments`` cut each input
+    ``make_upscaler``: a picklable :class:`~vsr.batch.units.UpscalerFactory` (the CLI's
+    :class:`vsr.compute.ComputeSpec`), called once per worker. ``segment_frames``/``segments`` cut each input
     into frame-exact segments processed as separate units and joined at the end (resumable at
     segment granularity). ``shard=(i, n)`` takes every n-th input starting at i (Slurm arrays).
     ``progress`` gets the total frames (planned) and the frames done across all workers.
@@ -270,22 +217,68 @@ def run_batch(
     point with ``if __name__ == "__main__":`` (the CLI does), or each worker re-runs the script.
     """
     started = time.perf_counter()
+    cut = _Cut(segment_frames, segments)
+    _check_args(video, cut, executor=executor, workers=workers, retries=retries)
+    output_dir, sources = _sources(inputs, Path(output_dir), shard=shard, absolute=executor == "ray")
+    check_decoder(video.decoder, video.trim)
+    options = BatchOptions(video=video, output_ext=output_ext)
+    jobs = plan_jobs(sources, output_dir, output_ext)
+    for fmt in sorted({container_format(job.target) for job in jobs}):
+        check_encoder(fmt, video.settings)  # a bad --crf is a usage error before any job starts
+    manifest = Manifest(output_dir)
+    options_fp = options_fingerprint(_options_record(options, make_upscaler))
+    states, todo = _plan_units(jobs, manifest, options, options_fp, cut, overwrite=overwrite)
+    progress = progress or Progress()
+    totals = [s.frames_planned for s in states.values() if s.units_total]
+    progress.start(sum(totals) if totals and all(t is not None for t in totals) else None)
+    try:
+        if todo:
+            _execute(todo, states, manifest, options, retries, progress,
+                     lambda on_progress: _make_executor(executor, workers, make_upscaler, output_dir, on_progress, ray_address))
+    finally:
+        progress.close()
+    for state in states.values():
+        if state.row.state == "queued" and state.units_total:
+            # Every unit finished but the job neither failed nor joined: another process holds part of it.
+            state.row.state, state.row.exit_code = "busy", TransientError.exit_code
+            state.row.error = state.row.error or "part of this job is held by another vsr process; run again to finish it"
+    return BatchSummary([s.row for s in states.values()], time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """How inputs are cut into segments: ``frames`` per segment or ``count`` segments (or whole)."""
+
+    frames: int | None = None
+    count: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.frames is not None or self.count is not None
+
+
+def _check_args(video: VideoOptions, cut: _Cut, *, executor: str, workers: int, retries: int) -> None:
+    """Usage errors of the batch flags, before any input is read."""
     if executor not in EXECUTORS:
         raise UsageError(f"--executor {executor}: choose {' or '.join(EXECUTORS)}")
     if workers < 1 or retries < 0:
         raise UsageError("--workers must be >= 1 and --retries >= 0")
-    if segment_frames is not None and segments is not None:
+    if cut.frames is not None and cut.count is not None:
         raise UsageError("give --segment-frames or --segments, not both")
-    segmented = segment_frames is not None or segments is not None
-    if segmented and decoder != "pyav":
+    if cut.active and video.decoder != "pyav":
         raise UsageError("--segment-frames/--segments decode with PyAV (they seek by keyframe); leave out --decoder dali")
-    output_dir = Path(output_dir)
+    check_mode(video.dedup)
+
+
+def _sources(inputs: Sequence[Path | str], output_dir: Path, *, shard: tuple[int, int] | None, absolute: bool) -> tuple[Path, list[Path]]:
+    """The output folder and the inputs (expanded, sharded; absolute for executors that may run
+    elsewhere); an input inside the output folder is refused."""
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"--output-dir {output_dir} is a file, not a folder; give a folder")
     sources = collect_inputs(inputs)
     if shard is not None:
         sources = sources[shard[0] :: shard[1]]
-    if executor == "ray":  # actors may run in another folder, or on another node
+    if absolute:  # actors may run in another folder, or on another node
         output_dir = output_dir.absolute()
         sources = [s.absolute() for s in sources]
     for source in sources:
@@ -295,16 +288,13 @@ def run_batch(
             if source.parent.resolve() == output_dir.resolve() and source.suffix.lower() in VIDEO_EXTENSIONS:
                 # The same mistake as `vsr run x.mp4 x.mp4`, and the same exit code (73).
                 raise OutputError(f"input {source} is inside the output folder {output_dir}; write the outputs elsewhere")
-    check_decoder(decoder, trim)
-    check_mode(dedup)
-    options = BatchOptions(settings=settings, outscale=outscale, hwaccel=hwaccel, decoder=decoder, output_ext=output_ext, picture=picture, trim=trim, dedup=dedup)
-    jobs = plan_jobs(sources, output_dir, output_ext)
-    for fmt in sorted({container_format(job.target) for job in jobs}):
-        check_encoder(fmt, settings)  # a bad --crf is a usage error before any job starts
-    manifest = Manifest(output_dir)
-    options_fp = options_fingerprint(_options_record(options, make_upscaler))
-    progress = progress or Progress()
+    return output_dir, sources
 
+
+def _plan_units(jobs: list[Job], manifest: Manifest, options: BatchOptions, options_fp: str, cut: _Cut, *,
+                overwrite: bool) -> tuple[dict[str, _JobState], deque[Unit]]:
+    """Per job, from its manifest record: skip it, fail it, or queue its units (the whole file, or
+    its segments); the manifest records the decisions in one write."""
     states: dict[str, _JobState] = {}
     todo: deque[Unit] = deque()
     records = manifest.jobs()
@@ -330,40 +320,53 @@ def run_batch(
         # An output this batch published before is ours to replace; anyone else's needs --overwrite.
         unit_overwrite = overwrite or bool((record or {}).get("owned"))
         base = {**new_record(job.source, job.target, input_fp=fp, options_fp=options_fp), "attempts": state.prior_attempts}
-        if not segmented:
+        if cut.active:
+            changes[job.job_id] = _plan_segments(state, base, todo, manifest.folder, options, cut, fp=fp, options_fp=options_fp,
+                                                 overwrite=unit_overwrite)
+        else:
             todo.append(Unit("file", job, options, unit_overwrite, options_fp=options_fp))
             state.units_total = 1
             state.frames_planned = _frames_hint(job.source)
             changes[job.job_id] = base
-            continue
-        try:
-            if not job.source.exists():
-                raise InputMissing(f"input {job.source} does not exist")
-            index = index_video(job.source, trim)
-            # bwdif looks one frame back: decode one frame ahead of each segment of an interlaced source.
-            context = 1 if index.interlaced and picture.deinterlace != "off" else 0
-            plan = plan_segments(index, segment_frames=segment_frames, segments=segments, context=context)
-        except VsrError as err:
-            row.state, row.exit_code, row.error, row.attempts = "failed", err.exit_code, str(err), state.prior_attempts + 1
-            changes[job.job_id] = {**base, "state": "failed", "attempts": row.attempts, "exit_code": err.exit_code, "error": str(err), "finished_at": now_iso()}
-            continue
-        state.segments = plan
-        state.frames_planned = index.frames
-        state.units_total = len(plan)
-        row.segments = len(plan)
-        fmt = container_format(job.target)
-        extra = {"source": fp, "options": options_fp, "encoder": encoder_record(fmt, options.settings)}
-        folder = output_dir / SEGMENTS_DIR / job.job_id
-        state.pieces = [piece_path(folder, seg, fmt) for seg in plan]
-        for seg in plan:
-            todo.append(Unit("segment", job, options, unit_overwrite, segment=seg, piece_extra=extra, options_fp=options_fp))
-        base["segments"] = {"total": len(plan), "done": 0}
-        changes[job.job_id] = base
     if changes:
         manifest.update_many(changes)
+    return states, todo
 
-    totals = [s.frames_planned for s in states.values() if s.units_total]
-    progress.start(sum(totals) if totals and all(t is not None for t in totals) else None)
+
+def _plan_segments(state: _JobState, base: dict[str, Any], todo: deque[Unit], output_dir: Path, options: BatchOptions, cut: _Cut, *,
+                   fp: Any, options_fp: str, overwrite: bool) -> dict[str, Any]:
+    """Queue the segments of ``state``'s job; returns its manifest record (failed when the input
+    cannot be indexed)."""
+    job, row = state.job, state.row
+    trim = options.video.trim
+    try:
+        if not job.source.exists():
+            raise InputMissing(f"input {job.source} does not exist")
+        index = index_video(job.source, trim)
+        # bwdif looks one frame back: decode one frame ahead of each segment of an interlaced source.
+        context = 1 if index.interlaced and options.video.picture.deinterlace != "off" else 0
+        plan = plan_segments(index, segment_frames=cut.frames, segments=cut.count, context=context)
+    except VsrError as err:
+        row.state, row.exit_code, row.error, row.attempts = "failed", err.exit_code, str(err), state.prior_attempts + 1
+        return {**base, "state": "failed", "attempts": row.attempts, "exit_code": err.exit_code, "error": str(err), "finished_at": now_iso()}
+    state.segments = plan
+    state.frames_planned = index.frames
+    state.units_total = len(plan)
+    row.segments = len(plan)
+    fmt = container_format(job.target)
+    extra = {"source": fp, "options": options_fp, "encoder": encoder_record(fmt, options.video.settings)}
+    folder = output_dir / SEGMENTS_DIR / job.job_id
+    state.pieces = [piece_path(folder, seg, fmt) for seg in plan]
+    for seg in plan:
+        todo.append(Unit("segment", job, options, overwrite, segment=seg, piece_extra=extra, options_fp=options_fp))
+    return {**base, "segments": {"total": len(plan), "done": 0}}
+
+
+def _execute(todo: deque[Unit], states: dict[str, _JobState], manifest: Manifest, options: BatchOptions, retries: int,
+             progress: Progress, make_executor: Callable[[Callable[[str, int], None]], Executor]) -> None:
+    """Run the queued units on the executor ``make_executor(on_progress)`` builds, keeping its slots
+    full, until every unit (and the joins and retries they lead to) is done. Ctrl-C stops the
+    workers at once (exit 130; the same command resumes)."""
     unit_frames: dict[str, int] = {}
     done_frames = [0]
 
@@ -372,7 +375,7 @@ def run_batch(
         unit_frames[key] = frames
         progress.update(done_frames[0])
 
-    pool = _make_executor(executor, workers, make_upscaler, output_dir, on_progress, ray_address) if todo else None
+    pool = make_executor(on_progress)
     in_flight = 0
     sent: dict[str, Unit] = {}
     try:
@@ -395,21 +398,12 @@ def run_batch(
                 in_flight -= 1
                 _handle(result, sent.pop(result.key), states[result.job_id], todo, manifest, retries, options, on_progress)
     except KeyboardInterrupt:
-        if pool is not None:
-            pool.close(kill=True)
-            pool = None
+        pool.close(kill=True)
+        pool = None
         raise Interrupted("batch interrupted; run the same command again to resume") from None
     finally:
         if pool is not None:
             pool.close()
-        progress.close()
-
-    for state in states.values():
-        if state.row.state == "queued" and state.units_total:
-            # Every unit finished but the job neither failed nor joined: another process holds part of it.
-            state.row.state, state.row.exit_code = "busy", TransientError.exit_code
-            state.row.error = state.row.error or "part of this job is held by another vsr process; run again to finish it"
-    return BatchSummary([s.row for s in states.values()], time.perf_counter() - started)
 
 
 def _handle(result: UnitResult, unit: Unit, state: _JobState, todo: deque, manifest: Manifest, retries: int,
@@ -468,16 +462,16 @@ def _frames_hint(path: Path) -> int | None:
     return info.frames_hint
 
 
-def _options_record(options: BatchOptions, make_upscaler) -> dict[str, Any]:
-    model = make_upscaler.fingerprint() if hasattr(make_upscaler, "fingerprint") else repr(make_upscaler)
-    record = {"settings": asdict(options.settings), "outscale": options.outscale, "decoder": options.decoder, "model": model}
+def _options_record(options: BatchOptions, make_upscaler: UpscalerFactory) -> dict[str, Any]:
+    video = options.video
+    record = {"settings": asdict(video.settings), "outscale": video.outscale, "decoder": video.decoder, "model": make_upscaler.fingerprint()}
     # Only when set, so that manifests written before these options existed still match.
-    if options.picture != PictureOptions():
-        record["picture"] = asdict(options.picture)
-    if options.trim is not None and options.trim.active:
-        record["trim"] = options.trim.fingerprint()
-    if options.dedup == "auto":  # exact reuse computes the same pictures as off
-        record["dedup"] = options.dedup
+    if video.picture != PictureOptions():
+        record["picture"] = asdict(video.picture)
+    if video.trim is not None and video.trim.active:
+        record["trim"] = video.trim.fingerprint()
+    if video.dedup == "auto":  # exact reuse computes the same pictures as off
+        record["dedup"] = video.dedup
     return record
 
 

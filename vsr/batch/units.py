@@ -11,29 +11,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..dedup import DEFAULT_MODE
-from ..media.encode import EncodeSettings
-from ..media.plan import PictureOptions
-from ..media.trim import Trim
+from ..media.options import VideoOptions
 
 if TYPE_CHECKING:
     from .segments import Segment
 
 
+class UpscalerFactory(Protocol):
+    """What builds a worker's Upscaler (:class:`vsr.compute.ComputeSpec` is one): picklable,
+    called once per worker; ``threads`` is the cores the pool splits between its workers (None:
+    all), :meth:`for_worker` the factory for one of them, :meth:`fingerprint` what the manifest
+    records of it (a change starts the jobs over)."""
+
+    threads: int | None
+
+    def __call__(self) -> Any:
+        """A new :class:`vsr.upscale.Upscaler`."""
+
+    def for_worker(self, index: int) -> UpscalerFactory:
+        """The factory worker ``index`` calls (its GPU, no thread count of its own)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that change the output, as plain data."""
+
+
 @dataclass(frozen=True)
 class BatchOptions:
-    """The processing options of every job (the ``vsr run`` video flags)."""
+    """The processing options of every job: the ``vsr run`` video flags (every job is cut the same
+    way by ``video.trim``: previews of a whole folder) and the outputs' container."""
 
-    settings: EncodeSettings = EncodeSettings()
-    outscale: float | None = None
-    hwaccel: str | None = None
-    decoder: str = "pyav"
+    video: VideoOptions = VideoOptions()
     output_ext: str | None = None  # default: the input's when vsr writes it, else .mkv
-    picture: PictureOptions = PictureOptions()
-    trim: Trim | None = None  # every job is cut the same way (previews of a whole folder)
-    dedup: str = DEFAULT_MODE  # vsr.dedup.MODES
 
 
 @dataclass(frozen=True)

@@ -113,11 +113,7 @@ class Worker:
     def _run_file(self, unit: Unit, result: UnitResult) -> None:
         from ..pipeline import VideoJob, run_video
 
-        opts = unit.options
-        job = VideoJob(
-            unit.job.source, unit.job.target, settings=opts.settings, outscale=opts.outscale, hwaccel=opts.hwaccel,
-            decoder=opts.decoder, overwrite=unit.overwrite, picture=opts.picture, trim=opts.trim, dedup=opts.dedup,
-        )
+        job = VideoJob(unit.job.source, unit.job.target, video=unit.options.video, overwrite=unit.overwrite)
         if not job.source.exists():
             raise InputMissing(f"input {job.source} does not exist")
         done = run_video(job, self.upscaler, on_frame=self._throttled(unit.key))
@@ -137,7 +133,7 @@ class Worker:
             return
         if piece.exists():
             log.info("redoing %s (%s)", piece, why)
-        opts = unit.options
+        opts = unit.options.video  # the segment functions take the video options one by one
         meta = encode_segment(
             unit.job.source, unit.segment, piece, upscaler=self.upscaler, settings=opts.settings, outscale=opts.outscale,
             hwaccel=opts.hwaccel, picture=opts.picture, dedup=opts.dedup, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
@@ -146,7 +142,7 @@ class Worker:
         self.report(unit.key, result.frames)
 
     def _run_join(self, unit: Unit, result: UnitResult) -> None:
-        opts = unit.options
+        opts = unit.options.video
         result.frames = join_segments(
             unit.job.source, list(unit.pieces), unit.job.target, settings=opts.settings, picture=opts.picture, trim=opts.trim,
             outscale=opts.outscale, overwrite=unit.overwrite,

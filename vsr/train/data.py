@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .config import DataConfig, DegradationConfig
 from ..errors import InputError, InputMissing
 from ..media.image import IMAGE_FORMATS, read_image
+from ..runtime import apply_threads
 from .degrade import make_degradation
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ class _WorkerInit:
 
     def __call__(self, worker_id: int) -> None:
         value = worker_seed(self.seed, worker_id, self.start_step)
-        torch.set_num_threads(1)
+        apply_threads(1)
         torch.manual_seed(value)
         np.random.seed(value)
         random.seed(value)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import files
+from ..device import PRECISIONS
 from .config import Config, config_to_dict, config_to_json
 from ..errors import ConfigError, InputMissing, OutputError
 from . import checkpoint as ckpt
@@ -228,7 +229,7 @@ def _autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         log.warning("this GPU has no bf16; training in fp32 (try train.precision = fp16)")
         return None
-    return torch.float16 if precision == "fp16" else torch.bfloat16
+    return PRECISIONS[precision]
 
 
 # --------------------------------------------------------------------------- progress

@@ -359,12 +359,13 @@ def evaluate(
     pictures = _pictures(hr_dir, lr_dir, sr, scale, frames, total)
 
     if upscale is None and sr is None:
-        from ..device import resolve_device, resolve_dtype
+        from ..compute import resolve_precision
+        from ..device import resolve_device
         from ..engines import TorchEngine
         from ..upscale import Upscaler
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        engine = TorchEngine(model, device=dev, dtype=resolve_dtype(precision))
+        engine = TorchEngine(model, device=dev, dtype=resolve_precision(precision, dev))
         upscale = Upscaler(engine, tile=tile)
     scorer = scores.PictureScorer(choice.picture, crop_border=scale)
 

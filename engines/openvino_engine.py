@@ -41,6 +41,7 @@ import copy
 import ctypes
 import io
 import logging
+import os
 import queue
 import re
 import sys
@@ -82,7 +83,8 @@ _OOM_MARKERS = ("bad_alloc", "out of memory", "failed to allocate", "cannot allo
 def import_openvino():
     """The ``openvino`` module, or exit 69 naming the install command."""
     try:
-        import openvino
+        with no_telemetry():  # importing openvino reports itself
+            import openvino
     except ImportError as err:
         raise BackendUnavailable(f"the openvino backend needs OpenVINO, which is not installed: {INSTALL_HINT}") from err
     return openvino
@@ -151,8 +153,7 @@ def convert(model: nn.Module, shape: tuple[int, ...] | None = None):
     side = example_side(spec)
     example = torch.rand(1, spec.in_channels, side, side)
     net = copy.deepcopy(model).float().eval()
-    decline_telemetry()
-    with warnings.catch_warnings(), torch.no_grad():
+    with no_telemetry(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow are expected
         converted = ov.convert_model(net, example_input=example)
     if shape is not None:
@@ -160,22 +161,29 @@ def convert(model: nn.Module, shape: tuple[int, ...] | None = None):
     return converted
 
 
-def decline_telemetry() -> None:
-    """Stop ``openvino.convert_model`` from reporting the conversion to Google Analytics.
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """Keep OpenVINO from reporting to Google Analytics inside the block: around ``import
+    openvino`` and ``convert_model``, the two places it reports.
 
-    Unless the user ran OpenVINO's ``opt_in_out --opt_out``, its converter sends each conversion
-    from a process it forks with ``multiprocessing``. vsr promises no network use; and forked from
-    a process with live threads, that child deadlocked in ``getaddrinfo`` here (the test suite then
-    hung at exit, waiting for it). The converter takes the process-wide telemetry singleton
-    configured under its own name; configured first here, with consent off, it sends nothing. Only
-    this process is affected: OpenVINO's consent file is left as the user set it.
+    Unless the user ran OpenVINO's ``opt_in_out --opt_out``, ``import openvino`` sends a
+    "general_import" event (``openvino.tools.ovc``'s ``__init__``) and ``convert_model`` one per
+    conversion, each from a process forked with ``multiprocessing``. vsr promises no network use;
+    and forked from a process with live threads, that child deadlocked (in ``getaddrinfo``, or in
+    the fork itself), and the parent then hung at exit waiting for it. Both places (re)initialise
+    OpenVINO's one telemetry singleton with ``disable_in_ci=True`` before they send, and a
+    singleton initialised while ``CI=true`` declines, without reading or writing the user's consent
+    file. So the block runs with ``CI=true``, restored after. Only this process is affected.
     """
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
     try:
-        from openvino.tools.ovc.telemetry_utils import init_ovc_telemetry
-    except ImportError:  # no openvino_telemetry installed: the converter has no telemetry either
-        return
-    telemetry = init_ovc_telemetry()
-    telemetry.consent = False
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
 
 
 def _exported_bytes(compiled) -> bytes:

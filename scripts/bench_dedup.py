@@ -11,7 +11,8 @@ Each clip runs through ``vsr run`` (:func:`vsr.pipeline.run_video`, the whole pi
 network, encode) once per mode, with a lossless output (x264 qp 0) so that the comparison with
 ``off`` sees what dedup changes and nothing of the encoder's own loss. For each it prints the wall
 time, the speed-up against ``off``, the frames reused, the lowest per-frame PSNR against ``off``'s
-frame, and, for the animation, the flow-warping error (Lai et al. 2018) of the held drawings. The
+frame, and, for the animation, the flow-warping error (Lai et al. 2018) over the frame pairs that
+show one held drawing (benchlib.held_pairs_warp_error: how much the output "boils"). The
 live clip also runs once with the default lossy output: the PSNR between that and the lossless
 ``off`` output is what the encoder itself changes (the bar ``auto`` must stay under to be a
 default). Detection cost: the detector's time per frame against one network call on the same frame.
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchlib import held_pairs_warp_error
 import media  # scripts/media.py: the test-media factory (scikit-image's photographs, real encodes)
 
 MODES = ("off", "exact", "auto")
@@ -97,19 +99,6 @@ def detection_cost(source: Path, upscaler) -> tuple[float, float]:
     return detect * 1000, network * 1000
 
 
-def held_warp_error(frames: list[np.ndarray], ids: list[int]) -> float:
-    """Flow-warping error (Lai et al. 2018, flow from the frames themselves) of the animation's
-    pan and fade on twos: one scene whose drawings are held two frames each and move a little
-    from one drawing to the next (the held frames are where the network "boils" coding noise)."""
-    from vsr.perceptual.temporal import warp_error
-
-    return warp_error(frames[PAN_AND_FADE])
-
-
-# The animation's frames 24-47: the pan on twos, then the fade on twos (media.animation_frames).
-PAN_AND_FADE = slice(24, 48)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="realesr-animevideov3")
@@ -139,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores = [psnr(a, b) for a, b in zip(outputs[mode], outputs["off"], strict=True)]
                 row["min_psnr_vs_off"] = min(scores)
                 if name == "animation":
-                    row["held_warp_error"] = held_warp_error(outputs[mode], ids)
+                    row["held_warp_error"] = held_pairs_warp_error(outputs[mode], ids)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
             if name == "live action":
@@ -149,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"clip": name, "mode": "off, x264 crf 18 output", "encoder_psnr_mean": float(np.mean(encoder)), "encoder_psnr_min": min(encoder)})
         detect_ms, network_ms = detection_cost(clips["animation"][0], upscaler)
     print(f"\n--dedup on {w}x{h} clips (x264 crf {args.crf} sources), {args.model} on the CPU (torch fp32, {torch.get_num_threads()} threads), lossless output\n")
-    print("| clip | mode | frames | reused | seconds | speed-up | lowest PSNR vs off (dB) | warp error, pan and fade on twos |")
+    print("| clip | mode | frames | reused | seconds | speed-up | lowest PSNR vs off (dB) | warp error of held drawings |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "seconds" not in r:

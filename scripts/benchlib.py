@@ -281,3 +281,17 @@ def table(rows: list[dict], columns, cell) -> str:
     for row in cells[1:]:
         lines.append("| " + " | ".join(c.rjust(w) if i >= 6 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |")
     return "\n".join(lines)
+
+
+def held_pairs_warp_error(outputs: list, ids: list[int]) -> float:
+    """The flow-warping error (Lai et al. 2018; :func:`vsr.perceptual.temporal.warp_error`, flow
+    from the outputs themselves) averaged over the pairs of consecutive frames that show one held
+    picture (``ids[i] == ids[i - 1]``): how much the output changes while the picture stands still,
+    i.e. the network "boiling" the coding noise of a held drawing. 0 when every held frame's output
+    is the same."""
+    import numpy as np
+
+    from vsr.perceptual.temporal import warp_error
+
+    pairs = [i for i in range(1, len(ids)) if ids[i] == ids[i - 1]]
+    return float(np.mean([warp_error(outputs[i - 1 : i + 1]) for i in pairs]))

@@ -7,9 +7,12 @@ The conformance of OpenVINO's outputs against torch fp32 is in tests/test_engine
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +26,10 @@ from vsr.media.image import write_image
 from vsr.kernels import quantize
 from vsr.upscale import Upscaler, cpu_batch
 
-openvino = pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
+from vsr.engines.openvino_engine import no_telemetry  # noqa: E402  (imports no OpenVINO)
+
+with no_telemetry():  # this import must not report either
+    openvino = pytest.importorskip("openvino", reason='needs OpenVINO: pip install "vsr[openvino]"')
 
 from vsr.engines import openvino_engine as ove  # noqa: E402  (after the importorskip)
 from vsr.engines.openvino_engine import OpenVinoEngine  # noqa: E402
@@ -92,6 +98,34 @@ def test_conversion_sends_no_telemetry(tmp_path):
     OpenVinoEngine(tiny_srvgg(seed=13), cache_root=tmp_path).close()  # a fresh conversion
     assert tm.Telemetry().consent is False
     assert multiprocessing.active_children() == []
+
+
+def test_importing_and_running_openvino_sends_nothing(tmp_path):
+    # `import openvino` itself reports a "general_import" event unless the user opted out; in a
+    # fresh process (nothing imported before vsr), a whole vsr run through OpenVINO must send no
+    # event, fork no process and write nothing into the user's home.
+    pytest.importorskip("openvino_telemetry")
+    code = """
+import json, multiprocessing, sys
+from openvino_telemetry.backend import backend_ga4
+sent = []
+backend_ga4.GA4Backend.send = lambda self, message: sent.append(message)
+from vsr.engines.openvino_engine import OpenVinoEngine, import_openvino
+import_openvino()
+sys.path.insert(0, sys.argv[1])
+from helpers import tiny_srvgg
+OpenVinoEngine(tiny_srvgg(seed=14), cache_root=sys.argv[2]).close()
+print(json.dumps({"sent": len(sent), "children": len(multiprocessing.active_children())}))
+"""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("CI", None)
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "cache")],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"sent": 0, "children": 0}
+    assert list(home.iterdir()) == []  # no consent file, no client id
 
 
 def test_key_covers_weights_precision_shape_versions_and_device():

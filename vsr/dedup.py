@@ -59,7 +59,7 @@ class Thresholds:
 
 # Measured on x264-encoded drawings held on twos and threes (docs/BENCHMARKS.md, "Duplicate
 # frames"): see scripts/bench_dedup.py for the numbers these are set from.
-AUTO = Thresholds(mean=0.5, block=2.0, block_size=8, max_reuse=24)
+AUTO = Thresholds(mean=0.5, block=6.0, block_size=8, max_reuse=24)
 AUTO_MAX_REUSE = AUTO.max_reuse
 
 

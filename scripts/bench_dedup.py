@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if "seconds" not in r:
             continue
-        warp = f"{r['held_warp_error']:.5f}" if "held_warp_error" in r else ""
+        warp = f"{r['held_warp_error']:.2e}" if "held_warp_error" in r else ""
         low = "identical" if math.isinf(r["min_psnr_vs_off"]) else f"{r['min_psnr_vs_off']:.1f}"
         print(f"| {r['clip']} | {r['mode']} | {r['frames']} | {r['reused']} | {r['seconds']:.1f} | {r['speedup']:.2f}x | {low} | {warp} |")
     enc = next(r for r in rows if "encoder_psnr_mean" in r)

@@ -82,6 +82,24 @@ def test_difference_sees_a_small_local_change_that_the_mean_hides():
     assert local.block > AUTO.block and not local.within(AUTO)  # ... but one block did
 
 
+def test_auto_tells_coding_noise_from_a_camera_that_barely_moves():
+    from helpers import crop
+
+    y = np.ascontiguousarray(crop("astronaut", 100, 180, 64, 96)[..., 1])
+    u = np.full((32, 48), 128, dtype=np.uint8)
+    # A held picture after an inter-coded encode: most macroblocks skipped (bit-identical), two
+    # re-coded with a little noise.
+    recoded = y.astype(int)
+    recoded[0:16, 0:16] += np.random.default_rng(2).integers(-2, 3, (16, 16))
+    recoded[32:48, 48:64] += 1
+    held = difference(planes(y, u, u), planes(np.clip(recoded, 0, 255).astype(np.uint8), u, u), bits=8, block_size=8)
+    # The same small numbers, but everywhere: a camera that moved a hundredth of a pixel.
+    moved = np.clip(y.astype(int) + (np.indices(y.shape).sum(axis=0) % 2), 0, 255).astype(np.uint8)
+    drift = difference(planes(y, u, u), planes(moved, u, u), bits=8, block_size=8)
+    assert held.mean < AUTO.mean and held.block < AUTO.block and held.unchanged >= AUTO.unchanged and held.within(AUTO)
+    assert drift.mean < AUTO.mean and drift.block < AUTO.block and drift.unchanged == 0.0 and not drift.within(AUTO)
+
+
 def test_difference_counts_ten_bit_codes_in_eight_bit_units():
     y = np.full((16, 16), 512, dtype=np.uint16)
     off_by_four = (y + 4).astype(np.uint16)  # 4 ten-bit codes = 1 eight-bit code
@@ -103,7 +121,7 @@ def test_the_reference_is_the_last_computed_frame_not_the_previous_one():
     base = np.full((32, 32), 200, dtype=np.uint8)
     noise = np.random.default_rng(1).random((32, 32))
     frames = [_frame(np.clip(base - 0.3 * k + noise, 0, 255).astype(np.uint8), k) for k in range(12)]
-    detector = Detector("auto", torch.device("cpu"), Thresholds(mean=0.5, block=2.0, block_size=8, max_reuse=100))
+    detector = Detector("auto", torch.device("cpu"), Thresholds(mean=0.5, block=2.0, block_size=8, unchanged=0.0, max_reuse=100))
     held = [detector.is_repeat(f) for f in frames]
     assert held[0] is False and 0 < sum(held) < len(held) - 1  # some held, and recomputed as the fade adds up
     computed = [f for f, h in zip(frames, held, strict=True) if not h]
@@ -114,7 +132,7 @@ def test_the_reference_is_the_last_computed_frame_not_the_previous_one():
 def test_auto_recomputes_after_the_reuse_cap_but_exact_never_needs_to():
     still = np.full((16, 16), 90, dtype=np.uint8)
     frames = [_frame(still, k) for k in range(10)]
-    capped = Detector("auto", torch.device("cpu"), Thresholds(mean=0.5, block=2.0, block_size=8, max_reuse=3))
+    capped = Detector("auto", torch.device("cpu"), Thresholds(mean=0.5, block=2.0, block_size=8, unchanged=0.0, max_reuse=3))
     assert [capped.is_repeat(f) for f in frames] == [False, True, True, True, False, True, True, True, False, True]
     exact = Detector("exact", torch.device("cpu"))
     assert [exact.is_repeat(f) for f in frames] == [False] + [True] * 9

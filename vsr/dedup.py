@@ -15,8 +15,12 @@ Modes:
   (the network would compute the same numbers again).
 * ``auto``: near-identical: the difference is what a lossy encode of one picture leaves, judged
   globally (mean absolute difference of each plane, :data:`AUTO`) AND locally (the mean absolute
-  difference of every small block, so a blinking eye or a moving mouth is never held), with at
-  most :data:`AUTO_MAX_REUSE` repeats in a row (the held output is refreshed at least that often).
+  difference of every small block, so a blinking eye or a moving mouth is never held) AND by its
+  shape: an inter-coded encoder repeats most of a held picture's macroblocks bit for bit (skipped
+  blocks) and re-codes a few, so at least half of the 16x16 luma blocks must be unchanged; a
+  camera that moves even a hundredth of a pixel changes nearly every block, and an intra-only
+  source (every frame re-coded) is held only where it is bit-identical. At most
+  :data:`AUTO_MAX_REUSE` repeats in a row (the held output is refreshed at least that often).
 
 The statistics are computed on the decoded planes on the compute device (torch), in 8-bit code
 units whatever the bit depth. :func:`difference` is the pure part; thresholds are data.
@@ -48,18 +52,28 @@ class Thresholds:
 
     ``mean``: the largest mean absolute difference of any plane over the whole frame; ``block``:
     the largest mean absolute difference of any ``block`` x ``block`` square of the luma plane (and
-    the same area of each chroma plane); ``max_reuse``: repeats in a row before a recompute.
+    the same area of each chroma plane); ``unchanged``: the smallest share of 16x16 luma blocks
+    (an H.264 macroblock) that must be bit-identical; ``max_reuse``: repeats in a row before a
+    recompute.
     """
 
     mean: float
     block: float
     block_size: int
+    unchanged: float
     max_reuse: int
 
 
-# Measured on x264-encoded drawings held on twos and threes (docs/BENCHMARKS.md, "Duplicate
-# frames"): see scripts/bench_dedup.py for the numbers these are set from.
-AUTO = Thresholds(mean=0.5, block=6.0, block_size=8, max_reuse=24)
+# Set from x264 encodes (crf 18, 23, 28; 96x64 and 320x180) of photographs held on twos and
+# threes, a slideshow and live action with grain (docs/BENCHMARKS.md, "Repeated pictures"): the
+# held pairs differed by at most 0.26 (mean) and 7.3 (8x8 block) codes, with at least 50 % of
+# their 16x16 blocks unchanged at crf 28 (75 % for nine in ten pairs); every real change (a new
+# drawing, a pan or fade step, the blinking eye) had an 8x8 block at 25 codes or more; the one
+# live-action pair inside the mean and block limits (a camera starting to move) had 34-39 % of
+# its blocks unchanged.
+AUTO = Thresholds(mean=0.5, block=6.0, block_size=8, unchanged=0.5, max_reuse=24)
+# The macroblock of H.264 (and the common CU size of later codecs): the unit an encoder skips.
+SKIP_BLOCK = 16
 AUTO_MAX_REUSE = AUTO.max_reuse
 
 
@@ -73,15 +87,17 @@ def check_mode(mode: str) -> str:
 @dataclass(frozen=True)
 class Difference:
     """How far a frame is from the computed one: the largest per-plane mean and block mean of the
-    absolute difference (8-bit code units), and whether every plane is bit-identical."""
+    absolute difference (8-bit code units), the share of 16x16 luma blocks that are bit-identical,
+    and whether every plane is bit-identical."""
 
     identical: bool
     mean: float
     block: float
+    unchanged: float
 
     def within(self, limits: Thresholds) -> bool:
         """Whether ``auto`` may call the two the same picture."""
-        return self.identical or (self.mean <= limits.mean and self.block <= limits.block)
+        return self.identical or (self.mean <= limits.mean and self.block <= limits.block and self.unchanged >= limits.unchanged)
 
 
 def plane_tensors(frame: Frame, device: torch.device) -> list[torch.Tensor]:
@@ -102,7 +118,8 @@ def difference(a: list[torch.Tensor], b: list[torch.Tensor], *, bits: int, block
     ``identical`` is computed (``exact`` needs no statistics)."""
     identical = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     if identical or not full:
-        return Difference(identical, 0.0 if identical else float("inf"), 0.0 if identical else float("inf"))
+        far = 0.0 if identical else float("inf")
+        return Difference(identical, far, far, 1.0 if identical else 0.0)
     scale = 1.0 / (1 << max(0, bits - 8))
     luma_h, luma_w = a[0].shape[-2], a[0].shape[-1]
     means, blocks = [], []
@@ -117,7 +134,10 @@ def difference(a: list[torch.Tensor], b: list[torch.Tensor], *, bits: int, block
         kw = max(1, round(block_size * diff.shape[-1] / luma_w))
         means.append(diff.mean(dim=(-2, -1)).max())
         blocks.append(F.avg_pool2d(diff[None], (kh, kw), stride=(kh, kw), ceil_mode=True).max())
-    return Difference(False, float(torch.stack(means).max()), float(torch.stack(blocks).max()))
+        if len(means) == 1:  # the luma plane (or the packed picture): which macroblocks were skipped
+            changed = F.max_pool2d(diff[None].amax(dim=1, keepdim=True), SKIP_BLOCK, stride=SKIP_BLOCK, ceil_mode=True)
+            unchanged = float((changed == 0).float().mean())
+    return Difference(False, float(torch.stack(means).max()), float(torch.stack(blocks).max()), unchanged)
 
 
 class Detector:

@@ -28,8 +28,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..device import PRECISIONS
 from .config import Config, config_to_dict, config_to_json
 from ..errors import ConfigError, InputMissing, OutputError
 from . import checkpoint as ckpt
-from .data import build_dataset, make_loader
+from .data import TrainSet, build_dataset, make_loader
 from .losses import PerceptualLoss, check_perceptual_source, l1, perceptual_features, ragan_d_fake, ragan_d_real, ragan_g_loss
 
 log = logging.getLogger(__name__)
@@ -417,32 +417,148 @@ def train(
                 tdist.destroy_process_group()
 
 
+@dataclass(frozen=True)
+class _Nets:
+    """The networks of a run and what updates them. The objects stay the same for the whole run
+    (their weights and optimiser state change in place); ``g_train``/``d_train`` are what a step
+    calls: the networks themselves, or their DistributedDataParallel wrappers."""
+
+    generator: nn.Module
+    ema: EMA | None
+    disc: nn.Module | None  # the gan stage's discriminator
+    perceptual: PerceptualLoss | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler
+    g_train: nn.Module
+    d_train: nn.Module | None
+
+    @property
+    def ema_module(self) -> nn.Module | None:
+        """The averaged generator (what export writes and validation scores), None without an EMA."""
+        return self.ema.module if self.ema is not None else None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed for a run once it is set up: the config, where it runs and writes, where it
+    starts, and the networks."""
+
+    cfg: Config
+    dist: _Dist
+    device: torch.device
+    amp_dtype: torch.dtype | None  # the autocast dtype, None for fp32
+    run_dir: Path
+    start_step: int  # 0, or the step resumed from
+    resumed_from: Path | None
+    t0: float  # time.monotonic() when train() was called
+    nets: _Nets
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl`` in the run folder."""
+        return self.run_dir / METRICS_FILE
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of a step (a disabled one in fp32); it can be entered repeatedly."""
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch from the loader on the run's device, in the networks' memory format."""
+        return batch.to(self.device, non_blocking=True).contiguous(memory_format=_memory_format(self.device))
+
+
+@dataclass
+class _Tally:
+    """What changes from step to step: the completed steps, the learning rate of the latest one, the
+    losses summed since the last log line (kept as tensors, so logging is the only device sync), and
+    the latest logged losses, validation and checkpoint, which the summary reports."""
+
+    step: int
+    checkpoint: Path | None
+    tick: float  # time.monotonic() when the steps in ``sums`` began
+    lr: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        """Count a step and add its losses to the sums of the next log line."""
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.count += 1
+
+
+@dataclass(frozen=True)
+class _Journal:
+    """Where the records go: ``metrics.jsonl`` and the progress reporter, on rank 0 only."""
+
+    path: Path
+    reporter: _Reporter
+    enabled: bool
+
+    def emit(self, rec: Record) -> None:
+        """Append ``rec`` to ``metrics.jsonl`` and show it (rank 0; a no-op on the other ranks)."""
+        if self.enabled:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            self.reporter.record(rec)
+
+
 def _train(cfg: Config, *, resume: bool, progress, dist: _Dist, device: torch.device, t0: float) -> RunSummary:
-    t, data = cfg.train, cfg.data
+    """One process's run: set up, the first records, the steps, the summary."""
+    run, dataset = _set_up(cfg, resume=resume, dist=dist, device=device, t0=t0)
+    loader = make_loader(dataset, batch_size=cfg.data.batch_size, workers=cfg.data.workers, start_step=run.start_step, steps=cfg.train.steps,
+                         rank=dist.rank, world=dist.world, pin_memory=device.type == "cuda")
+    journal = _Journal(run.metrics_path, _Reporter(progress, cfg.train.steps, run.start_step, dist.main), dist.main)
+    tally = _Tally(step=run.start_step, checkpoint=run.resumed_from, tick=time.monotonic())
+    _begin(run, journal, samples=len(dataset))
+    _step_loop(run, loader, journal, tally)
+    return _finish(run, tally)
+
+
+def _set_up(cfg: Config, *, resume: bool, dist: _Dist, device: torch.device, t0: float) -> tuple[_Run, TrainSet]:
+    """Everything before the first step: the resume point, the data set, the networks (restored from
+    the checkpoint when resuming) on ``device``, and on rank 0 the run folder's config and metrics."""
     run_dir = Path(cfg.checkpoint.dir).expanduser()
-    found = _prepare_run_dir(cfg, run_dir, resume)
-    resumed_from = found[0] if found else None
-    state = found[1] if found else None
+    resumed_from, state = _prepare_run_dir(cfg, run_dir, resume) or (None, None)
     start_step = int(state["step"]) if state else 0
-    if start_step >= t.steps:
-        log.warning("run %s is already at step %d of %d; nothing to do (raise train.steps to continue)", run_dir, start_step, t.steps)
+    if start_step >= cfg.train.steps:
+        log.warning("run %s is already at step %d of %d; nothing to do (raise train.steps to continue)", run_dir, start_step, cfg.train.steps)
 
     # The data first: unreadable or mismatched pictures fail before anything is written.
-    dataset = build_dataset(data, scale=cfg.model.scale, seed=t.seed, degradation=cfg.degradation)
+    dataset = build_dataset(cfg.data, scale=cfg.model.scale, seed=cfg.train.seed, degradation=cfg.degradation)
 
-    gan = t.stage == "gan"
     amp_dtype = _autocast_dtype(cfg, device)
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    nets = _build_nets(cfg, device, amp_dtype, fresh=state is None)
+    if state is not None:
+        _restore(state, nets)
+        log.info("resuming %s from step %d (%s)", run_dir, start_step, resumed_from.name)
+    run = _Run(cfg, dist, device, amp_dtype, run_dir, start_step, resumed_from, t0, nets=_place(nets, device, dist))
 
-    # Models: seeded so a fresh run starts from the same weights on every process.
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files.write_text(run_dir / CONFIG_FILE, config_to_json(cfg) + "\n")
+        _rewrite_metrics(run.metrics_path, start_step)
+    return run, dataset
+
+
+def _build_nets(cfg: Config, device: torch.device, amp_dtype: torch.dtype | None, *, fresh: bool) -> _Nets:
+    """The networks on the CPU: the generator (``model.pretrained`` for a ``fresh`` run that names
+    one, else new weights; a resumed run loads its checkpoint over them), its EMA, the gan stage's
+    discriminator, the perceptual loss, the Adam optimisers and the fp16 gradient scaler."""
+    t = cfg.train
+    gan = t.stage == "gan"
+    # Seeded so a fresh run starts from the same weights on every process.
     _seed_everything(t.seed)
-    if cfg.model.pretrained and state is None:
+    if cfg.model.pretrained and fresh:
         generator = load_pretrained(cfg)
         log.info("generator initialised from %s", cfg.model.pretrained)
     else:
-        if gan and state is None:
+        if gan and fresh:
             log.warning("train.stage = gan without model.pretrained: ESRGAN starts the GAN stage from a PSNR-stage model")
         generator = build_generator(cfg)
     generator.train()
@@ -451,120 +567,117 @@ def _train(cfg: Config, *, resume: bool, progress, dist: _Dist, device: torch.de
     if gan:
         from .discriminator import build_discriminator
 
-        disc = build_discriminator(cfg.discriminator.arch, num_feat=cfg.discriminator.num_feat, patch_size=data.patch_size).train()
+        disc = build_discriminator(cfg.discriminator.arch, num_feat=cfg.discriminator.num_feat, patch_size=cfg.data.patch_size).train()
     perceptual = None
     if cfg.loss.perceptual > 0:
         perceptual = PerceptualLoss(perceptual_features(cfg.loss.vgg, cfg.loss.vgg_weights, cfg.loss.vgg_layers), cfg.loss.vgg_layer_weights or None)
 
     opt_g = torch.optim.Adam(generator.parameters(), lr=t.lr, betas=tuple(t.betas))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.discriminator.lr or t.lr, betas=tuple(t.betas)) if disc is not None else None
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
+    return _Nets(generator, ema, disc, perceptual, opt_g, opt_d, scaler, g_train=generator, d_train=disc)
 
-    if state is not None:
-        _restore(state, generator=generator, ema=ema, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
-        log.info("resuming %s from step %d (%s)", run_dir, start_step, resumed_from.name)
 
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    for module in (generator, ema.module if ema else None, disc, perceptual):
+def _memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA, where cuDNN's convolutions are fastest in it."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def _place(nets: _Nets, device: torch.device, dist: _Dist) -> _Nets:
+    """``nets`` moved to ``device`` (optimiser state too), and with several processes the networks
+    the step trains wrapped in DistributedDataParallel."""
+    for module in (nets.generator, nets.ema_module, nets.disc, nets.perceptual):
         if module is not None:
-            module.to(device=device, memory_format=memory_format)
-    _move_optimizer(opt_g, device)
-    if opt_d is not None:
-        _move_optimizer(opt_d, device)
+            module.to(device=device, memory_format=_memory_format(device))
+    for opt in (nets.opt_g, nets.opt_d):
+        if opt is not None:
+            _move_optimizer(opt, device)
+    if dist.world <= 1:
+        return nets
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    g_train, d_train = generator, disc
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [device.index] if device.type == "cuda" else None
+    return replace(nets, g_train=DDP(nets.generator, device_ids=ids), d_train=DDP(nets.disc, device_ids=ids) if nets.disc is not None else None)
 
-        ids = [device.index] if cuda else None
-        g_train = DDP(generator, device_ids=ids)
-        if disc is not None:
-            d_train = DDP(disc, device_ids=ids)
 
-    # Run folder bookkeeping (rank 0 only).
-    metrics_path = run_dir / METRICS_FILE
+def _begin(run: _Run, journal: _Journal, *, samples: int) -> None:
+    """The run's first records on rank 0: the start line, and for a new run with validation the
+    network before any step (random, or model.pretrained), where the curve starts."""
+    cfg, dist = run.cfg, run.dist
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        files.write_text(run_dir / CONFIG_FILE, config_to_json(cfg) + "\n")
-        _rewrite_metrics(metrics_path, start_step)
-    loader = make_loader(dataset, batch_size=data.batch_size, workers=data.workers, start_step=start_step, steps=t.steps,
-                         rank=dist.rank, world=dist.world, pin_memory=cuda)
+        journal.emit({"kind": "start", "step": run.start_step, "steps": cfg.train.steps, "stage": cfg.train.stage, "device": str(run.device),
+                      "world_size": dist.world, "samples": samples, "resumed_from": run.resumed_from.name if run.resumed_from else None,
+                      "cwd": os.getcwd(), "torch": torch.__version__})
+    if cfg.data.val and cfg.val.every and run.start_step == 0 and cfg.train.steps > 0 and dist.main:
+        journal.emit({"kind": "val", "step": 0, **_validate(run)})
 
-    reporter = _Reporter(progress, t.steps, start_step, dist.main)
-    last_losses: dict[str, float] = {}
-    last_val: dict[str, float] | None = None
-    last_ckpt: Path | None = resumed_from
-    step = start_step
-    w = cfg.loss
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    tick = time.monotonic()
 
-    def emit(rec: Record) -> None:
-        if dist.main:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            reporter.record(rec)
-
-    if dist.main:
-        emit({"kind": "start", "step": start_step, "steps": t.steps, "stage": t.stage, "device": str(device),
-              "world_size": dist.world, "samples": len(dataset), "resumed_from": resumed_from.name if resumed_from else None,
-              "cwd": os.getcwd(), "torch": torch.__version__})
-    if data.val and cfg.val.every and start_step == 0 and t.steps > 0 and dist.main:
-        # Where the curve starts: the network before any step (random, or model.pretrained).
-        emit({"kind": "val", "step": 0, **_validate(cfg, generator, ema.module if ema else None, device)})
+def _step_loop(run: _Run, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], journal: _Journal, tally: _Tally) -> None:
+    """The optimiser steps from ``tally.step`` to ``train.steps``, each followed by the EMA update and
+    the log, validation and checkpoint cadence. Closes the progress bar and stops the loader's
+    workers when it ends, also on an exception or Ctrl-C."""
+    nets = run.nets
     batches = iter(loader)
     try:
         for lr_batch, hr_batch in batches:
-            lr_img = lr_batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            hr_img = hr_batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            factor = lr_factor(cfg, step)
-            for group in opt_g.param_groups:
-                group["lr"] = t.lr * factor
-            if opt_d is not None:
-                for group in opt_d.param_groups:
-                    group["lr"] = (cfg.discriminator.lr or t.lr) * factor
-
-            losses = _step(
-                g_train, generator, d_train, disc, perceptual, opt_g, opt_d, scaler,
-                lr_img, hr_img, w, device, amp_dtype,
-            )
-            step += 1
-            if ema is not None:
-                ema.update(generator, step)
-            reporter.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0) + v
-            count += 1
-
-            if step % t.log_every == 0 or step == t.steps:
-                now = time.monotonic()
-                last_losses = {k: float(v) / count for k, v in sums.items()}
-                emit({"kind": "train", "step": step, "lr": t.lr * factor, **last_losses,
-                      "sec_per_step": (now - tick) / count, "elapsed": now - t0})
-                sums, count, tick = {}, 0, now
-            val_due = data.val and (step == t.steps or (cfg.val.every and step % cfg.val.every == 0))
-            if val_due and dist.main:
-                last_val = _validate(cfg, generator, ema.module if ema else None, device)
-                emit({"kind": "val", "step": step, **last_val})
-            if (step % cfg.checkpoint.every == 0 or step == t.steps) and dist.main:
-                last_ckpt = ckpt.save_checkpoint(
-                    run_dir, step,
-                    _state(cfg, step, generator=generator, ema=ema, disc=disc, opt_g=opt_g, opt_d=opt_d, scaler=scaler, dist=dist),
-                    keep=cfg.checkpoint.keep,
-                )
+            lr_img, hr_img = run.on_device(lr_batch), run.on_device(hr_batch)
+            tally.lr = _set_lr(run, tally.step)
+            losses = _step(run, lr_img, hr_img)
+            tally.step += 1
+            if nets.ema is not None:
+                nets.ema.update(nets.generator, tally.step)
+            journal.reporter.step()
+            tally.add(losses)
+            _log_validate_save(run, journal, tally)
     finally:
-        reporter.close()
+        journal.reporter.close()
         # Stop the worker processes now, also when an exception is on its way out (its traceback
         # would otherwise keep the iterator, and the workers, alive).
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-        del batches, loader
+        del batches
 
-    plot = plot_metrics(run_dir) if dist.main and metrics_path.exists() else None
-    return RunSummary(run_dir=run_dir, start_step=start_step, step=step, checkpoint=last_ckpt, losses=last_losses,
-                      val=last_val, seconds=time.monotonic() - t0, plot=plot, resumed_from=resumed_from)
+
+def _set_lr(run: _Run, step: int) -> float:
+    """Set the scheduled learning rates for the update after ``step`` completed steps; returns the
+    generator's (the one the log lines report)."""
+    cfg, nets = run.cfg, run.nets
+    factor = lr_factor(cfg, step)
+    lr = cfg.train.lr * factor
+    for group in nets.opt_g.param_groups:
+        group["lr"] = lr
+    if nets.opt_d is not None:
+        for group in nets.opt_d.param_groups:
+            group["lr"] = (cfg.discriminator.lr or cfg.train.lr) * factor
+    return lr
+
+
+def _log_validate_save(run: _Run, journal: _Journal, tally: _Tally) -> None:
+    """After a step: the mean losses every ``train.log_every`` steps, validation every ``val.every``
+    steps (rank 0) and a checkpoint every ``checkpoint.every`` steps (rank 0), all three after the
+    last step too."""
+    cfg, step = run.cfg, tally.step
+    last = step == cfg.train.steps
+    if step % cfg.train.log_every == 0 or last:
+        now = time.monotonic()
+        tally.losses = {k: float(v) / tally.count for k, v in tally.sums.items()}
+        journal.emit({"kind": "train", "step": step, "lr": tally.lr, **tally.losses,
+                      "sec_per_step": (now - tally.tick) / tally.count, "elapsed": now - run.t0})
+        tally.sums, tally.count, tally.tick = {}, 0, now
+    val_due = cfg.data.val and (last or (cfg.val.every and step % cfg.val.every == 0))
+    if val_due and run.dist.main:
+        tally.val = _validate(run)
+        journal.emit({"kind": "val", "step": step, **tally.val})
+    if (step % cfg.checkpoint.every == 0 or last) and run.dist.main:
+        tally.checkpoint = ckpt.save_checkpoint(run.run_dir, step, _state(run, step), keep=cfg.checkpoint.keep)
+
+
+def _finish(run: _Run, tally: _Tally) -> RunSummary:
+    """The metrics plot (rank 0) and the run's summary."""
+    plot = plot_metrics(run.run_dir) if run.dist.main and run.metrics_path.exists() else None
+    return RunSummary(run_dir=run.run_dir, start_step=run.start_step, step=tally.step, checkpoint=tally.checkpoint, losses=tally.losses,
+                      val=tally.val, seconds=time.monotonic() - run.t0, plot=plot, resumed_from=run.resumed_from)
 
 
 def _seed_everything(seed: int) -> None:
@@ -576,77 +689,79 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _step(g_train, generator, d_train, disc, perceptual, opt_g, opt_d, scaler, lr_img, hr_img, w, device, amp_dtype) -> dict[str, torch.Tensor]:
+def _step(run: _Run, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
     """One optimiser step of the generator (and of the discriminator in the gan stage)."""
+    n, w = run.nets, run.cfg.loss
     out: dict[str, torch.Tensor] = {}
-    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-    if disc is not None:
-        for p in disc.parameters():
+    autocast = run.autocast()
+    if n.disc is not None:
+        for p in n.disc.parameters():
             p.requires_grad_(False)
     with autocast:
-        sr = g_train(lr_img)
+        sr = n.g_train(lr_img)
         loss = lr_img.new_zeros((), dtype=torch.float32)
         if w.pixel > 0:
             l_pix = l1(sr, hr_img)
             out["l_pix"] = l_pix.detach()
             loss = loss + w.pixel * l_pix
-        if perceptual is not None:
-            l_percep = perceptual(sr, hr_img)
+        if n.perceptual is not None:
+            l_percep = n.perceptual(sr, hr_img)
             out["l_percep"] = l_percep.detach()
             loss = loss + w.perceptual * l_percep
-        if disc is not None:
+        if n.disc is not None:
             # The plain module, not the DDP wrapper: the discriminator gets no gradients here.
-            real_logits = disc(hr_img).detach()
-            fake_logits = disc(sr)
+            real_logits = n.disc(hr_img).detach()
+            fake_logits = n.disc(sr)
             l_gan = ragan_g_loss(real_logits, fake_logits)
             out["l_gan"] = l_gan.detach()
             loss = loss + w.gan * l_gan
-    opt_g.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt_g)
+    n.opt_g.zero_grad(set_to_none=True)
+    n.scaler.scale(loss).backward()
+    n.scaler.step(n.opt_g)
     if len(out) > 1:
         out["l_g_total"] = loss.detach()  # the weighted sum the generator minimises
 
-    if disc is not None:
-        for p in disc.parameters():
+    if n.disc is not None:
+        for p in n.disc.parameters():
             p.requires_grad_(True)
         fake = sr.detach()
-        opt_d.zero_grad(set_to_none=True)
+        n.opt_d.zero_grad(set_to_none=True)
         # Two backward passes, one per forward with gradients (BasicSR's order, DDP-safe); each
         # relativistic term uses the other side's mean as a constant.
         with autocast:
             with torch.no_grad():
-                fake_ref = d_train(fake)
-            real_logits = d_train(hr_img)
+                fake_ref = n.d_train(fake)
+            real_logits = n.d_train(hr_img)
             l_d_real = ragan_d_real(real_logits, fake_ref)
-        scaler.scale(l_d_real).backward()
+        n.scaler.scale(l_d_real).backward()
         with autocast:
-            fake_logits = d_train(fake)
+            fake_logits = n.d_train(fake)
             l_d_fake = ragan_d_fake(fake_logits, real_logits.detach())
-        scaler.scale(l_d_fake).backward()
-        scaler.step(opt_d)
+        n.scaler.scale(l_d_fake).backward()
+        n.scaler.step(n.opt_d)
         out["l_d_real"] = l_d_real.detach()
         out["l_d_fake"] = l_d_fake.detach()
         out["d_real"] = real_logits.detach().float().mean()
         out["d_fake"] = fake_logits.detach().float().mean()
-    scaler.update()
+    n.scaler.update()
     return out
 
 
-def _validate(cfg: Config, generator: nn.Module, ema_module: nn.Module | None, device: torch.device) -> dict[str, float]:
+def _validate(run: _Run) -> dict[str, float]:
     """PSNR/SSIM on ``data.val`` of the network export writes (the EMA when there is one) as
     ``psnr``/``ssim``, with LPIPS and NIQE when the perceptual files are there (``vsr models fetch
     perceptual``), and, with an EMA, PSNR/SSIM of the raw generator too as ``psnr_raw``/``ssim_raw``."""
     from ..perceptual.scores import available
     from .metrics import evaluate
 
+    cfg, generator, ema_module = run.cfg, run.nets.generator, run.nets.ema_module
     perceptual = available(VALIDATION_METRICS)  # only what validation takes is checked, not DISTS's VGG16
 
     def measure(model: nn.Module, metrics: tuple[str, ...]) -> dict[str, float]:
         was_training = model.training
         model.eval()
         try:
-            result = evaluate(model, cfg.data.val, cfg.data.val_lr or None, device=device, metrics=("psnr", "ssim", *metrics))
+            result = evaluate(model, cfg.data.val, cfg.data.val_lr or None, device=run.device, metrics=("psnr", "ssim", *metrics))
         finally:
             model.train(was_training)
         return {**result.mean, "images": len(result.rows)}
@@ -668,36 +783,40 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
 
 
-def _state(cfg: Config, step: int, *, generator, ema, disc, opt_g, opt_d, scaler, dist: _Dist) -> dict[str, Any]:
+def _state(run: _Run, step: int) -> dict[str, Any]:
+    """The checkpoint of ``run`` after ``step`` completed steps (the layout :func:`_restore` and
+    ``vsr.train.checkpoint`` read; runs written by earlier versions resume, so keep it)."""
+    cfg, n = run.cfg, run.nets
     return {
-        "spec": {"arch": generator.spec.arch, "params": generator.spec.kwargs},
-        "params": _cpu_state(generator),
-        "params_ema": _cpu_state(ema.module) if ema is not None else None,
-        "net_d": _cpu_state(disc) if disc is not None else None,
-        "optim_g": opt_g.state_dict(),
-        "optim_d": opt_d.state_dict() if opt_d is not None else None,
+        "spec": {"arch": n.generator.spec.arch, "params": n.generator.spec.kwargs},
+        "params": _cpu_state(n.generator),
+        "params_ema": _cpu_state(n.ema.module) if n.ema is not None else None,
+        "net_d": _cpu_state(n.disc) if n.disc is not None else None,
+        "optim_g": n.opt_g.state_dict(),
+        "optim_d": n.opt_d.state_dict() if n.opt_d is not None else None,
         # The schedule is a pure function of the step (lr_factor); recorded for reference.
         "schedule": {"kind": cfg.train.schedule, "step": step, "lr_factor": lr_factor(cfg, step)},
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "scaler": n.scaler.state_dict() if n.scaler.is_enabled() else None,
         "rng": ckpt.rng_state(),
-        "data": {"next_step": step, "seed": cfg.train.seed, "batch_size": cfg.data.batch_size, "world_size": dist.world},
+        "data": {"next_step": step, "seed": cfg.train.seed, "batch_size": cfg.data.batch_size, "world_size": run.dist.world},
         "config": config_to_json(cfg, indent=None),
     }
 
 
-def _restore(state: dict[str, Any], *, generator, ema, disc, opt_g, opt_d, scaler) -> None:
-    generator.load_state_dict(state["params"], strict=True)
-    if ema is not None:
-        ema.module.load_state_dict(state["params_ema"] if state.get("params_ema") is not None else state["params"], strict=True)
-    if disc is not None:
+def _restore(state: dict[str, Any], nets: _Nets) -> None:
+    """Load a checkpoint's weights, optimiser and scaler state and random generators into ``nets``."""
+    nets.generator.load_state_dict(state["params"], strict=True)
+    if nets.ema is not None:
+        nets.ema.module.load_state_dict(state["params_ema"] if state.get("params_ema") is not None else state["params"], strict=True)
+    if nets.disc is not None:
         if state.get("net_d") is None:
             raise ConfigError("--resume: the checkpoint has no discriminator (a psnr-stage run); start the gan stage in a new folder with model.pretrained")
-        disc.load_state_dict(state["net_d"], strict=True)
-    opt_g.load_state_dict(state["optim_g"])
-    if opt_d is not None and state.get("optim_d") is not None:
-        opt_d.load_state_dict(state["optim_d"])
-    if scaler.is_enabled() and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+        nets.disc.load_state_dict(state["net_d"], strict=True)
+    nets.opt_g.load_state_dict(state["optim_g"])
+    if nets.opt_d is not None and state.get("optim_d") is not None:
+        nets.opt_d.load_state_dict(state["optim_d"])
+    if nets.scaler.is_enabled() and state.get("scaler"):
+        nets.scaler.load_state_dict(state["scaler"])
     ckpt.set_rng_state(state["rng"])
 
 

@@ -140,9 +140,9 @@ def _add_processing_args(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--frames", type=_positive_int, metavar="N", help="take at most N frames from --start")
     video.add_argument(
         "--dedup", choices=DEDUP_MODES, default=None,
-        help=f"reuse the network's output for a repeated picture (held drawings, slides, pauses; every frame keeps its timestamp): "
-             f"exact (default{'' if DEDUP_DEFAULT == 'exact' else ' ' + DEDUP_DEFAULT}: bit-identical decoded frames), "
-             "auto (also near-identical ones: coding noise of a held picture, never a local change), off",
+        help=f"reuse the network's output for a repeated picture (held drawings, slides, pauses; every frame keeps its timestamp; default {DEDUP_DEFAULT}): "
+             "auto (bit-identical decoded frames, and near-identical ones: the coding noise of a held picture, never a local change), "
+             "exact (bit-identical ones only), off",
     )
     video.add_argument("--hwaccel", choices=("cuda",), help="decode on the GPU with NVDEC (needs an NVIDIA driver)")
     video.add_argument("--decoder", choices=("pyav", "dali"), default=None, help="pyav (default, FFmpeg) or dali (NVIDIA DALI: NVDEC on GPU; VP8/VP9/MJPEG on CPU)")

@@ -41,7 +41,7 @@ from .frame import Frame
 log = logging.getLogger(__name__)
 
 MODES = ("off", "exact", "auto")
-DEFAULT_MODE = "exact"
+DEFAULT_MODE = "auto"
 # Held runs at least this long are logged at -v (shorter ones, animation's twos and threes, at -vv).
 LOG_RUNS_FROM = 8
 

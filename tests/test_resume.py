@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,7 +37,7 @@ LOSSLESS = ("--encoder-opt", "qp=0")
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
-    """A random RRDBNet slow enough on the CPU (about 0.15 s a frame here) to be killed mid-run."""
+    """A random RRDBNet slow enough on the CPU (48 frames of 96x64 take a few seconds) to be killed mid-run."""
     path = tmp_path_factory.mktemp("model") / "slow.pth"
     torch.save({"params_ema": tiny_rrdb(num_feat=32, num_block=3, num_grow_ch=16).state_dict()}, path)
     return path
@@ -232,3 +233,25 @@ def test_a_truncated_transport_stream_in_pieces_keeps_every_frame_it_decodes(tmp
     assert "truncated" in capsys.readouterr().err
     assert media.video_pts(outs["4"]) == media.video_pts(outs["0"]) and len(media.video_pts(outs["0"])) == 19
     assert media.packets(outs["4"], "audio") == media.packets(outs["0"], "audio")
+
+
+def test_a_second_run_to_the_same_output_never_touches_the_first_ones_checkpoint(tmp_path, capsys, clip, slow_model):
+    out = tmp_path / "out" / "film_x4.mkv"
+    args = vsr_args(clip, out, slow_model, "--checkpoint-frames", str(EVERY))
+    first = subprocess.Popen([sys.executable, "-m", "vsr", *args, "--progress", "none"], stderr=subprocess.PIPE, text=True)
+    try:
+        sidecar = checkpoint_folder(out) / "0000.nut.json"
+        deadline = time.monotonic() + 60
+        while not sidecar.exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # A holds the output and its checkpoint, mid-run
+        before = sorted(p.name for p in checkpoint_folder(out).iterdir())
+        assert main([*args, "--no-resume", "--progress", "none"]) == 73  # B, even asking to start over
+        assert "is writing" in capsys.readouterr().err
+        assert sorted(p.name for p in checkpoint_folder(out).iterdir()) == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert len(media.video_pts(out)) == FRAMES and not checkpoint_folder(out).exists()

@@ -178,8 +178,11 @@ def test_a_package_init_reexporting_its_submodules_is_not_a_cycle(tmp_path):
 FORBIDDEN = {
     # Safe writes are the bottom of the tree: everything that writes a file uses them.
     "vsr.files": ("vsr.",),
-    # Batch works on files and runs; engine internals are not its business.
-    "vsr.batch": ("vsr.engines.cache",),
+    # Batch works on files and runs; engine internals are not its business. vsr run's checkpoints
+    # (vsr.resume) sit on top of batch's segments, never the other way round.
+    "vsr.batch": ("vsr.engines.cache", "vsr.resume"),
+    # The one-pass run knows nothing of checkpoints or segments: both build on it.
+    "vsr.pipeline": ("vsr.resume", "vsr.batch"),
     # The threads-and-channels skeleton of a run knows nothing of media or models.
     "vsr.stages": ("vsr.",),
     # The compute stage and the colour conversion serve vsr run and vsr batch alike: they never

@@ -191,6 +191,12 @@ def _add_run(sub, common: argparse.ArgumentParser) -> None:
     run.add_argument("--alpha", choices=("model", "resize"), default="model", help="upscale alpha with the network (default) or bicubic")
     run.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     run.add_argument("--progress", choices=KINDS, default="bar", help="bar on stderr (default), json lines on stdout, or none")
+    resume = run.add_argument_group("checkpoints (video)")
+    resume.add_argument(
+        "--checkpoint-frames", type=_non_negative_int, metavar="N",
+        help="frames per checkpoint (default: about a minute of compute each); 0: no checkpoints, one pass",
+    )
+    resume.add_argument("--no-resume", action="store_true", help="delete a checkpoint an earlier run of this output left and start over")
     run.set_defaults(handler=cmd_run)
 
 
@@ -442,7 +448,7 @@ def _encode_settings(args: argparse.Namespace):
 
 VIDEO_FLAGS = (
     "codec", "crf", "preset", "pix_fmt", "encoder_opt", "no_audio", "no_subtitles", "hwaccel", "decoder",
-    "auto_rotate", "square_pixels", "start", "duration", "frames", "dedup",
+    "auto_rotate", "square_pixels", "start", "duration", "frames", "dedup", "checkpoint_frames", "no_resume",
 )
 
 
@@ -507,10 +513,10 @@ def _compute_spec(args: argparse.Namespace, precision: str):
     )
 
 
-def _make_upscaler(args: argparse.Namespace, precision: str):
+def _make_upscaler(args: argparse.Namespace, precision: str, spec=None):
     from .device import dtype_name
 
-    upscaler = _compute_spec(args, precision)()
+    upscaler = (spec or _compute_spec(args, precision))()
     engine = upscaler.engine
     caps, limits = engine.caps, upscaler.limits
     log.info(
@@ -555,7 +561,8 @@ def _upscale_images(args: argparse.Namespace, precision: str, tasks) -> int:
 
 def _run_video(args: argparse.Namespace, precision: str) -> int:
     from . import progress
-    from .pipeline import VideoJob, check_job, run_video
+    from .pipeline import VideoJob, check_job
+    from .resume import Checkpoints, run_checkpointed
 
     job = VideoJob(args.input, args.output, video=_video_options(args), overwrite=args.overwrite)
     if not args.input.exists():
@@ -566,22 +573,35 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
     # Claimed before the model loads: a second run to the same output stops at once (exit 73),
     # and the "done" line below is true about whose file is at the path.
     with files.claim(job.target, make_folder_now=False):
-        upscaler = _make_upscaler(args, precision)
+        spec = _compute_spec(args, precision)
+        upscaler = _make_upscaler(args, precision, spec)
         reporter = progress.make("none" if args.quiet else args.progress)
+
+        def on_resume(resumed) -> None:
+            # Printed before the progress resumes from that frame, so a reader sees why it does not start at 0.
+            if args.progress == "json":
+                print(json.dumps({"event": "resume", "frame": resumed.frame, "frames": resumed.frames}), flush=True)
+            elif not args.quiet:
+                print(f"vsr: resuming at frame {resumed.frame} of {resumed.frames} ({resumed.percent:.1f} % done)", file=sys.stderr, flush=True)
+
         try:
-            result = run_video(job, upscaler, on_start=lambda info: reporter.start(info.frames_hint), on_frame=reporter.update)
+            result = run_checkpointed(
+                job, upscaler, model=spec.fingerprint(), checkpoints=Checkpoints(frames=args.checkpoint_frames, resume=not args.no_resume),
+                on_start=lambda info: reporter.start(info.frames_hint), on_frame=reporter.update, on_resume=on_resume,
+            )
         finally:
             reporter.close()
             upscaler.engine.close()
     summary = {
-        "event": "done", "frames": result.frames, "reused": result.reused, "seconds": round(result.seconds, 2), "fps": round(result.fps, 3),
-        "output": str(result.output), "bytes": result.output_bytes,
+        "event": "done", "frames": result.frames, "reused": result.reused, "resumed": result.resumed, "seconds": round(result.seconds, 2),
+        "fps": round(result.fps, 3), "output": str(result.output), "bytes": result.output_bytes,
     }
     if args.progress == "json":
         print(json.dumps(summary), flush=True)
     elif not args.quiet:
         print(
-            f"vsr: done: {result.frames} frames{f' ({result.reused} reused)' if result.reused else ''} in {result.seconds:.1f} s ({result.fps:.2f} fps), "
+            f"vsr: done: {result.frames} frames{f' ({result.reused} reused)' if result.reused else ''}"
+            f"{f' ({result.resumed} from the checkpoint)' if result.resumed else ''} in {result.seconds:.1f} s ({result.fps:.2f} fps), "
             f"{result.output} {_size(result.output_bytes)}",
             file=sys.stderr,
         )

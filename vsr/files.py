@@ -110,8 +110,14 @@ def temp_path(path: Path) -> Path:
 
 def lock_path(path: Path) -> Path:
     """``.<name>.vsr-lock`` beside ``path`` (shortened like temporary names)."""
+    return hidden_companion(path, LOCK_SUFFIX)
+
+
+def hidden_companion(path: Path, suffix: str) -> Path:
+    """``.<name><suffix>`` beside ``path``, shortened like temporary names: the name of something
+    vsr keeps beside an output while it works on it (its lock, ``vsr run``'s checkpoints)."""
     path = Path(path)
-    return path.with_name(fit_name("." + path.name, LOCK_SUFFIX, name_max(path.parent)))
+    return path.with_name(fit_name("." + path.name, suffix, name_max(path.parent)))
 
 
 # Folders whose leftovers this process has cleared: once per folder is enough (a dead process

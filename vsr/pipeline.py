@@ -78,6 +78,7 @@ class RunResult:
     output_bytes: int
     info: VideoInfo
     reused: int = 0  # frames whose output repeats the last computed frame's (--dedup)
+    resumed: int = 0  # frames taken from the checkpoint of an interrupted run (vsr.resume)
 
     @property
     def fps(self) -> float:

@@ -29,11 +29,14 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
 from ..files import file_lock, now_iso, sha256_file, write_json
+from ..media.options import VideoOptions
+from ..media.plan import PictureOptions
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,22 @@ def options_fingerprint(options: Mapping[str, Any]) -> str:
     """SHA-256 (16 hex digits) of the processing options as canonical JSON."""
     text = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def options_record(video: VideoOptions, model: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a run's options changes its output: the encode settings, the picture options, the
+    trim, ``--dedup auto`` and the model (``model``: :meth:`vsr.compute.ComputeSpec.fingerprint`).
+    Hashed by :func:`options_fingerprint` for the manifest and the pieces of ``vsr batch`` and the
+    checkpoints of ``vsr run`` (:mod:`vsr.resume`)."""
+    record = {"settings": asdict(video.settings), "outscale": video.outscale, "decoder": video.decoder, "model": dict(model)}
+    # Only when set, so that manifests written before these options existed still match.
+    if video.picture != PictureOptions():
+        record["picture"] = asdict(video.picture)
+    if video.trim is not None and video.trim.active:
+        record["trim"] = video.trim.fingerprint()
+    if video.dedup == "auto":  # exact reuse computes the same pictures as off
+        record["dedup"] = video.dedup
+    return record
 
 
 def new_record(source: Path, target: Path, *, input_fp, options_fp: str) -> dict[str, Any]:

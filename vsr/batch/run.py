@@ -38,11 +38,10 @@ from ..dedup import check_mode
 from ..errors import InputMissing, Interrupted, OutputError, TransientError, UsageError, VsrError
 from ..media.encode import CONTAINERS, VIDEO_EXTENSIONS, check_encoder, container_format, encoder_record
 from ..media.options import VideoOptions
-from ..media.plan import PictureOptions
 from ..media.trim import check_decoder
 from ..progress import Progress
 from ..files import now_iso
-from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, options_fingerprint, worst_exit_code
+from .manifest import RETRY_IN_RUN, Manifest, decide, input_fingerprint, new_record, options_fingerprint, options_record, worst_exit_code
 from .segments import SEGMENTS_DIR, Segment, index_video, piece_path, plan_segments
 from .units import BatchOptions, Executor, Job, Unit, UnitResult, UpscalerFactory
 
@@ -226,7 +225,7 @@ def run_batch(
     for fmt in sorted({container_format(job.target) for job in jobs}):
         check_encoder(fmt, video.settings)  # a bad --crf is a usage error before any job starts
     manifest = Manifest(output_dir)
-    options_fp = options_fingerprint(_options_record(options, make_upscaler))
+    options_fp = options_fingerprint(options_record(video, make_upscaler.fingerprint()))
     states, todo = _plan_units(jobs, manifest, options, options_fp, cut, overwrite=overwrite)
     progress = progress or Progress()
     totals = [s.frames_planned for s in states.values() if s.units_total]
@@ -460,19 +459,6 @@ def _frames_hint(path: Path) -> int | None:
         return None
     container.close()
     return info.frames_hint
-
-
-def _options_record(options: BatchOptions, make_upscaler: UpscalerFactory) -> dict[str, Any]:
-    video = options.video
-    record = {"settings": asdict(video.settings), "outscale": video.outscale, "decoder": video.decoder, "model": make_upscaler.fingerprint()}
-    # Only when set, so that manifests written before these options existed still match.
-    if video.picture != PictureOptions():
-        record["picture"] = asdict(video.picture)
-    if video.trim is not None and video.trim.active:
-        record["trim"] = video.trim.fingerprint()
-    if video.dedup == "auto":  # exact reuse computes the same pictures as off
-        record["dedup"] = video.dedup
-    return record
 
 
 def _make_executor(kind: str, workers: int, make_upscaler, output_dir: Path, on_progress, ray_address: str | None) -> Executor:

@@ -30,6 +30,7 @@ single run; with a lossless encoder (libx264 ``qp=0``) the decoded output is ide
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -183,20 +184,23 @@ def plan_segments(index: VideoIndex, *, segment_frames: int | None = None, segme
         return [Segment(0, None, None, n, None)]
     size = segment_frames if segment_frames is not None else -(-n // segments)
     starts = list(range(0, n, size))
-    every = (*index.before, *index.pts)
-    plan = []
-    for i, first in enumerate(starts):
-        last = starts[i + 1] if i + 1 < len(starts) else n
-        start_pts = index.start_pts if i == 0 else index.pts[first]
-        end_pts = index.end_pts if i + 1 == len(starts) else index.pts[last]
-        seek = None
-        if start_pts is not None:
-            position = len(index.before) + first
-            earliest = every[max(0, position - context)]
-            before = [k for k in index.keyframes if k <= earliest]
-            seek = before[-1] if before else None
-        plan.append(Segment(i, start_pts, end_pts, last - first, seek, index.offset))
-    return plan
+    return [segment_at(index, i, first, starts[i + 1] if i + 1 < len(starts) else n, context=context) for i, first in enumerate(starts)]
+
+
+def segment_at(index: VideoIndex, number: int, first: int, last: int, *, context: int = 0) -> Segment:
+    """Segment ``number``: the indexed frames ``first`` to ``last`` (exclusive, positions in
+    ``index.pts``), decoded from the keyframe at or before its first frame less ``context``
+    frames. The first segment starts where the index does (a trim's start, or the file's) and one
+    that reaches the end ends where the index does, so consecutive segments cover every frame."""
+    start_pts = index.start_pts if first == 0 else index.pts[first]
+    end_pts = index.end_pts if last >= index.frames else index.pts[last]
+    seek = None
+    if start_pts is not None:
+        position = max(0, len(index.before) + first - context)
+        earliest = index.before[position] if position < len(index.before) else index.pts[position - len(index.before)]
+        before = bisect.bisect_right(index.keyframes, earliest)
+        seek = index.keyframes[before - 1] if before else None
+    return Segment(number, start_pts, end_pts, min(last, index.frames) - first, seek, index.offset)
 
 
 # Pieces must hold the encoder's packets byte for byte. MP4/Matroska rewrite H.264/HEVC packets

@@ -212,6 +212,31 @@ def test_dedup_with_a_trim_keeps_the_trimmed_frames(tmp_path, animation, upscale
     assert counts["auto"] == counts["off"] and counts["off"][0] == 20
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_compute_threads_give_the_same_video(tmp_path, animation, upscaler, runs, threads):
+    # torch eager on the CPU with 2+ threads computes groups on two threads (in order); repeats ride
+    # in the groups and are written from the last computed frame, whichever thread computed it.
+    from vsr.runtime import torch_threads
+
+    target = tmp_path / "t.mkv"
+    with torch_threads(threads):
+        result = run_video(VideoJob(animation[0], target, video=VideoOptions(settings=LOSSLESS, dedup="auto")), upscaler)
+    frames = [f.to_ndarray(format="rgb24") for f in media.decode_frames(target)]
+    assert result.reused == runs["auto"][0].reused
+    for i, (a, b) in enumerate(zip(frames, runs["auto"][1], strict=True)):
+        assert psnr(a, b) >= 60.0, f"frame {i}"
+
+
+def test_deinterlaced_frames_are_compared_after_deinterlacing(tmp_path, upscaler):
+    src = media.interlaced_mkv(tmp_path)
+    counts = {}
+    for mode in ("off", "auto"):
+        target = tmp_path / f"{mode}.mkv"
+        result = run_video(VideoJob(src, target, video=VideoOptions(settings=LOSSLESS, dedup=mode)), upscaler)
+        counts[mode] = (result.frames, media.video_pts(target))
+    assert counts["auto"] == counts["off"]
+
+
 def test_batch_segments_recompute_at_each_boundary(tmp_path, animation, model_file):
     from vsr.batch.run import run_batch
     from vsr.compute import ComputeSpec

@@ -177,7 +177,18 @@ def interrupt_after(monkeypatch, calls: int) -> None:
     monkeypatch.setattr(Upscaler, "__call__", interrupted)
 
 
-def test_ctrl_c_keeps_finished_pieces_and_a_changed_option_or_no_resume_starts_over(tmp_path, capsys, monkeypatch, clip, fast_model):
+@pytest.fixture
+def one_compute_thread():
+    """torch on one thread: then a run computes on one thread too (eager torch on the CPU with 2+
+    threads computes two groups at once), so an interrupt "in the N-th call" leaves exactly N - 1
+    frames computed, not one more from the other compute thread."""
+    from vsr.runtime import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+def test_ctrl_c_keeps_finished_pieces_and_a_changed_option_or_no_resume_starts_over(tmp_path, capsys, monkeypatch, clip, fast_model, one_compute_thread):
     out = tmp_path / "out" / "film_x4.mkv"
     args = vsr_args(clip, out, fast_model, "--checkpoint-frames", str(EVERY), "--progress", "none")
     with monkeypatch.context() as patch:

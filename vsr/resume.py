@@ -219,8 +219,7 @@ class _Run:
                 size = max(MIN_PIECE_FRAMES, round(rate * CHECKPOINT_SECONDS))
         video = self.job.video
         frames = join_segments(
-            self.job.source, pieces, self.job.target, settings=video.settings, picture=video.picture, trim=video.trim,
-            outscale=video.outscale, overwrite=self.job.overwrite,
+            self.job.source, pieces, self.job.target, video=video, overwrite=self.job.overwrite,
         )
         _discard(self.folder)
         return RunResult(
@@ -231,8 +230,7 @@ class _Run:
     def _encode(self, segment: Segment, path: Path, done: int, on_frame) -> dict[str, Any]:
         video = self.job.video
         return encode_segment(
-            self.job.source, segment, path, upscaler=self.upscaler, settings=video.settings, outscale=video.outscale, hwaccel=video.hwaccel,
-            picture=video.picture, dedup=video.dedup, fmt=self.fmt, extra={**self.fingerprint, "run_options": self.record},
+            self.job.source, segment, path, upscaler=self.upscaler, video=video, fmt=self.fmt, extra={**self.fingerprint, "run_options": self.record},
             on_frame=None if on_frame is None else (lambda n: on_frame(done + n)),
         )
 

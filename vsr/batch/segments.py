@@ -41,12 +41,13 @@ from typing import Any
 import av
 
 from .. import color
-from ..dedup import DEFAULT_MODE, Detector, log_reuse
+from ..dedup import Detector, log_reuse
 from ..errors import InputError, UsageError, VsrError
 from ..files import check_artifact, publish, publish_artifact, read_sidecar
 from ..frame import CopiedPacket, Frame, VideoInfo
 from ..media.decode import iter_media, open_input
-from ..media.encode import EncodeSettings, Muxer, container_format
+from ..media.encode import Muxer, container_format
+from ..media.options import VideoOptions
 from ..media.plan import PictureOptions
 from ..media.trim import Cut, Trim
 from ..pipeline import QUEUE_FRAMES, check_trim, cuda_index, plan_output
@@ -367,36 +368,35 @@ def encode_segment(
     piece: Path,
     *,
     upscaler: Upscaler,
-    settings: EncodeSettings = EncodeSettings(),
-    outscale: float | None = None,
-    hwaccel: str | None = None,
-    picture: PictureOptions = PictureOptions(),
-    dedup: str = DEFAULT_MODE,
+    video: VideoOptions = VideoOptions(),
     fmt: str,
     extra: dict[str, Any] | None = None,
     on_frame: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Upscale and encode one segment into ``piece`` (published with its sidecar); returns the sidecar.
 
-    ``fmt`` is the final output's container format. ``extra`` goes into the sidecar (the caller's
-    fingerprints, checked before a piece is reused). ``on_frame(n)`` gets the frames encoded so far.
+    ``video``: the run's video options (its trim is already in the segment's range; the decoder is
+    PyAV's). ``fmt`` is the final output's container format. ``extra`` goes into the sidecar (the
+    caller's fingerprints, checked before a piece is reused). ``on_frame(n)`` gets the frames
+    encoded so far.
     """
     piece = Path(piece)
 
     def build(tmp: Path) -> dict[str, Any]:
-        meta = _encode(source, segment, tmp, upscaler=upscaler, settings=settings, outscale=outscale, hwaccel=hwaccel, picture=picture, dedup=dedup, fmt=fmt, on_frame=on_frame)
+        meta = _encode(source, segment, tmp, upscaler=upscaler, video=video, fmt=fmt, on_frame=on_frame)
         return {**(extra or {}), **meta}
 
     return publish_artifact(piece, build, key=f"{PIECE_SCHEMA}:{segment.index}")
 
 
-def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, settings: EncodeSettings, outscale, hwaccel, picture: PictureOptions, dedup: str, fmt: str, on_frame) -> dict[str, Any]:
-    frames_iter = iter_segment_frames(source, segment, hwaccel=hwaccel, hwaccel_device=cuda_index(upscaler), picture=picture)
+def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, video: VideoOptions, fmt: str, on_frame) -> dict[str, Any]:
+    settings, picture = video.settings, video.picture
+    frames_iter = iter_segment_frames(source, segment, hwaccel=video.hwaccel, hwaccel_device=cuda_index(upscaler), picture=picture)
     first = next(frames_iter, None)
     if first is None:
         raise VsrError(f"segment {segment.index} of {source} decoded no frame (the index promised {segment.frames}); run without segments")
     info, _ = first
-    codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=upscaler.scale, outscale=outscale)
+    codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=upscaler.scale, outscale=video.outscale)
     out_colour = color.for_output(info.colour, pix_fmt)
     # The container reads the video stream only; audio/subtitles are copied once, at the join.
     container = av.open(str(source))
@@ -416,7 +416,7 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, se
 
     try:
         # Each segment starts its own detector: its first frame is always computed.
-        detector = Detector(dedup, upscaler.engine.device)
+        detector = Detector(video.dedup, upscaler.engine.device)
         decoded, reused = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, plan, on_frame, detector)
         stats = muxer.finish()
     except BaseException:
@@ -519,20 +519,18 @@ def join_segments(
     pieces: list[Path],
     target: Path,
     *,
-    settings: EncodeSettings = EncodeSettings(),
-    picture: PictureOptions = PictureOptions(),
-    trim: Trim | None = None,
-    outscale: float | None = None,
+    video: VideoOptions = VideoOptions(),
     overwrite: bool = False,
 ) -> int:
     """Remux the pieces (in order) and the source's audio/subtitles into ``target``; returns frames.
 
-    With ``trim``, the audio/subtitle packets of the trimmed range are copied, moved back like the
-    video (the same rule as a single trimmed ``vsr run``). ``picture`` and ``outscale`` must be
-    the pieces' (the output stream is planned as theirs was, with the model scale they recorded).
+    ``video``: the options the pieces were made with (the output stream is planned as theirs was,
+    with the model scale they recorded). With a trim, the audio/subtitle packets of the trimmed
+    range are copied, moved back like the video (the same rule as a single trimmed ``vsr run``).
     The output is published (:func:`vsr.files.publish`) only when every piece verified and
     the video packet count equals the sum of the pieces' frames.
     """
+    settings, picture, trim = video.settings, video.picture, video.trim
     metas = []
     for piece in pieces:
         ok, reason = check_artifact(piece)
@@ -545,7 +543,7 @@ def join_segments(
     container, info = open_input(source)
     try:
         first = metas[0]
-        codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=int(first["scale"]), outscale=outscale, trim=trim)
+        codec, pix_fmt, plan = plan_output(info, fmt, settings, picture, scale=int(first["scale"]), outscale=video.outscale, trim=trim)
         if any((m["codec"], m["pix_fmt"], m["width"], m["height"]) != (codec, pix_fmt, plan.width, plan.height) for m in metas):
             raise VsrError(f"the pieces of {target} were encoded with other settings; run the batch again")
         colour = color.for_output(info.colour, pix_fmt)

@@ -133,19 +133,16 @@ class Worker:
             return
         if piece.exists():
             log.info("redoing %s (%s)", piece, why)
-        opts = unit.options.video  # the segment functions take the video options one by one
         meta = encode_segment(
-            unit.job.source, unit.segment, piece, upscaler=self.upscaler, settings=opts.settings, outscale=opts.outscale,
-            hwaccel=opts.hwaccel, picture=opts.picture, dedup=opts.dedup, fmt=fmt, extra=unit.piece_extra, on_frame=self._throttled(unit.key),
+            unit.job.source, unit.segment, piece, upscaler=self.upscaler, video=unit.options.video, fmt=fmt, extra=unit.piece_extra,
+            on_frame=self._throttled(unit.key),
         )
         result.frames = int(meta["frames"])
         self.report(unit.key, result.frames)
 
     def _run_join(self, unit: Unit, result: UnitResult) -> None:
-        opts = unit.options.video
         result.frames = join_segments(
-            unit.job.source, list(unit.pieces), unit.job.target, settings=opts.settings, picture=opts.picture, trim=opts.trim,
-            outscale=opts.outscale, overwrite=unit.overwrite,
+            unit.job.source, list(unit.pieces), unit.job.target, video=unit.options.video, overwrite=unit.overwrite,
         )
         result.sha256 = sha256_file(unit.job.target)
         shutil.rmtree(self.output_dir / SEGMENTS_DIR / unit.job.job_id, ignore_errors=True)

@@ -103,3 +103,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "needs_cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory) -> Path:
+    """A checkpoint of a random RRDBNet x4 slow enough on the CPU (a 48-frame 96x64 clip takes a
+    few seconds) that a run is still going when a test signals, pauses or kills it."""
+    from helpers import tiny_rrdb
+
+    path = tmp_path_factory.mktemp("model") / "slow.pth"
+    torch.save({"params_ema": tiny_rrdb(num_feat=32, num_block=3, num_grow_ch=16).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fast_model(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny random SRVGGNetCompact x4 of tests/helpers.py."""
+    from helpers import tiny_srvgg
+
+    path = tmp_path_factory.mktemp("model") / "fast.pth"
+    torch.save({"params_ema": tiny_srvgg(upscale=4).state_dict()}, path)
+    return path

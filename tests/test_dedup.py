@@ -237,14 +237,14 @@ def test_deinterlaced_frames_are_compared_after_deinterlacing(tmp_path, upscaler
     assert counts["auto"] == counts["off"]
 
 
-def test_batch_segments_recompute_at_each_boundary(tmp_path, animation, model_file):
+def test_batch_segments_recompute_at_each_boundary(tmp_path, animation, fast_model):
     from vsr.batch.run import run_batch
     from vsr.compute import ComputeSpec
 
     src_dir = tmp_path / "in"
     src_dir.mkdir()
     (src_dir / "anim.mp4").write_bytes(animation[0].read_bytes())
-    spec = ComputeSpec(model=str(model_file), device="cpu", precision="fp32", backend="torch")
+    spec = ComputeSpec(model=str(fast_model), device="cpu", precision="fp32", backend="torch")
     summary = run_batch([src_dir], tmp_path / "out", make_upscaler=spec, video=VideoOptions(settings=LOSSLESS, dedup="auto"), segment_frames=20)
     assert summary.exit_code == 0
     whole = run_video(VideoJob(animation[0], tmp_path / "whole.mp4", video=VideoOptions(settings=LOSSLESS, dedup="auto")), spec())
@@ -253,33 +253,26 @@ def test_batch_segments_recompute_at_each_boundary(tmp_path, animation, model_fi
     assert len(media.decode_frames(joined)) == whole.frames == 60
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny_x4.pth"
-    torch.save({"params_ema": tiny_srvgg().state_dict()}, path)
-    return path
-
-
-def test_the_cli_reports_reused_frames(tmp_path, capsys, animation, model_file):
+def test_the_cli_reports_reused_frames(tmp_path, capsys, animation, fast_model):
     from vsr.cli import main
 
     out = tmp_path / "o.mkv"
-    code = main([str(a) for a in ("run", animation[0], out, "--model", model_file, "--backend", "torch", "--precision", "fp32", "--dedup", "auto", "--progress", "json", "-v")])
+    code = main([str(a) for a in ("run", animation[0], out, "--model", fast_model, "--backend", "torch", "--precision", "fp32", "--dedup", "auto", "--progress", "json", "-v")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     done = json.loads(captured.out.splitlines()[-1])
     assert done["event"] == "done" and done["frames"] == 60 and done["reused"] >= 28
     assert f"--dedup auto: {done['reused']} of 60 frames reused" in captured.err
-    code, err = run(capsys, "run", animation[0], tmp_path / "q.mkv", "--model", model_file, "--backend", "torch", "--precision", "fp32", "--dedup", "off", "-v")
+    code, err = run(capsys, "run", animation[0], tmp_path / "q.mkv", "--model", fast_model, "--backend", "torch", "--precision", "fp32", "--dedup", "off", "-v")
     assert code == 0 and "frames reused" not in err and "(0 reused)" not in err
 
 
-def test_dedup_on_an_image_or_an_unknown_mode_is_a_usage_error(tmp_path, capsys, model_file):
+def test_dedup_on_an_image_or_an_unknown_mode_is_a_usage_error(tmp_path, capsys, fast_model):
     from PIL import Image
 
     picture = tmp_path / "p.png"
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(picture)
-    code, err = run(capsys, "run", picture, tmp_path / "o.png", "--model", model_file, "--dedup", "exact")
+    code, err = run(capsys, "run", picture, tmp_path / "o.png", "--model", fast_model, "--dedup", "exact")
     assert code == 2 and "--dedup" in one_line_error(err) and not (tmp_path / "o.png").exists()
     code, err = run(capsys, "run", picture, tmp_path / "o.mkv", "--dedup", "sometimes")
     assert code == 2 and "--dedup" in one_line_error(err) and "sometimes" in err

@@ -17,26 +17,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 import media
-from helpers import leftovers, one_line_error, photo, run, tiny_rrdb, tiny_srvgg
+from helpers import leftovers, one_line_error, photo, run
 from vsr import files
-
-
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory) -> Path:
-    """A random RRDBNet big enough that a run is still going when the test acts on it."""
-    path = tmp_path_factory.mktemp("model") / "slow.pth"
-    torch.save({"params_ema": tiny_rrdb(num_feat=32, num_block=3, num_grow_ch=16).state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def fast_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "fast.pth"
-    torch.save({"params_ema": tiny_srvgg(upscale=4).state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import media
-from helpers import leftovers, tiny_rrdb, tiny_srvgg
+from helpers import leftovers
 from vsr.batch.segments import piece_status
 from vsr.cli import main
 from vsr.files import read_sidecar
@@ -33,21 +32,6 @@ from vsr.upscale import Upscaler
 FRAMES = 48
 EVERY = 8  # frames per checkpoint in these tests
 LOSSLESS = ("--encoder-opt", "qp=0")
-
-
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory) -> Path:
-    """A random RRDBNet slow enough on the CPU (48 frames of 96x64 take a few seconds) to be killed mid-run."""
-    path = tmp_path_factory.mktemp("model") / "slow.pth"
-    torch.save({"params_ema": tiny_rrdb(num_feat=32, num_block=3, num_grow_ch=16).state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def fast_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "fast.pth"
-    torch.save({"params_ema": tiny_srvgg(upscale=4).state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,6 @@ def clips(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny_x4.pth"
-    torch.save({"params_ema": tiny_srvgg(upscale=4).state_dict()}, path)
-    return path
-
-
 def vsr(capsys, src: Path, dst: Path, *extra) -> str:
     code, err = run(capsys, "run", src, dst, "--progress", "none", *extra)
     assert code == 0, err
@@ -169,18 +162,18 @@ def test_phone_rotation_is_kept_or_applied(tmp_path, capsys, clips, degrees):
 
 
 @pytest.mark.parametrize("sar, size, square", [(Fraction(12, 11), (88, 72), (384, 288)), (Fraction(32, 27), (72, 48), (342, 192))])
-def test_sample_aspect_ratio_is_kept_or_squared(tmp_path, capsys, clips, tiny, sar, size, square):
+def test_sample_aspect_ratio_is_kept_or_squared(tmp_path, capsys, clips, fast_model, sar, size, square):
     src = clips("anamorphic_mp4", sar, size)
     with av.open(str(src)) as c:
         assert c.streams.video[0].sample_aspect_ratio == sar
         dar = c.streams.video[0].display_aspect_ratio
     out, sq = tmp_path / "keep.mp4", tmp_path / "square.mp4"
-    vsr(capsys, src, out, "--model", tiny)
+    vsr(capsys, src, out, "--model", fast_model)
     with av.open(str(out)) as c:
         v = c.streams.video[0]
         assert (v.codec_context.width, v.codec_context.height) == (size[0] * 4, size[1] * 4)
         assert v.sample_aspect_ratio == sar and v.display_aspect_ratio == dar
-    vsr(capsys, src, sq, "--model", tiny, "--square-pixels")
+    vsr(capsys, src, sq, "--model", fast_model, "--square-pixels")
     with av.open(str(sq)) as c:
         v = c.streams.video[0]
         assert (v.codec_context.width, v.codec_context.height) == square
@@ -200,12 +193,12 @@ def _hdr_of(path: Path) -> presentation.HdrMetadata:
 
 
 @pytest.mark.parametrize("codec, ext", [("libx265", ".mkv"), ("libx264", ".mp4")])
-def test_hdr10_metadata_reaches_the_output_bitstream(tmp_path, capsys, clips, tiny, codec, ext):
+def test_hdr10_metadata_reaches_the_output_bitstream(tmp_path, capsys, clips, fast_model, codec, ext):
     src = clips("hdr10_hevc_mkv")
     want = _hdr_of(src)
     assert want.mastering is not None and want.light == presentation.ContentLight(1000, 400)
     out = tmp_path / f"hdr{ext}"
-    err = vsr(capsys, src, out, "--model", tiny, "--codec", codec)
+    err = vsr(capsys, src, out, "--model", fast_model, "--codec", codec)
     assert "warning" not in err
     assert _hdr_of(out) == want
     frame = first_frame(out)
@@ -213,16 +206,16 @@ def test_hdr10_metadata_reaches_the_output_bitstream(tmp_path, capsys, clips, ti
     assert frame.format.name == "yuv420p10le"
 
 
-def test_hdr10_with_an_encoder_that_cannot_carry_it_warns(tmp_path, capsys, clips, tiny):
+def test_hdr10_with_an_encoder_that_cannot_carry_it_warns(tmp_path, capsys, clips, fast_model):
     out = tmp_path / "hdr.webm"
-    err = vsr(capsys, clips("hdr10_hevc_mkv"), out, "--model", tiny)
+    err = vsr(capsys, clips("hdr10_hevc_mkv"), out, "--model", fast_model)
     assert "cannot write it" in err and "libx265" in err
     assert int(first_frame(out).color_trc) == 16
 
 
-def test_hlg_keeps_its_transfer(tmp_path, capsys, clips, tiny):
+def test_hlg_keeps_its_transfer(tmp_path, capsys, clips, fast_model):
     out = tmp_path / "hlg.mkv"
-    err = vsr(capsys, clips("hdr10_hevc_mkv", "arib-std-b67"), out, "--model", tiny, "--codec", "libx265")
+    err = vsr(capsys, clips("hdr10_hevc_mkv", "arib-std-b67"), out, "--model", fast_model, "--codec", "libx265")
     assert "warning" not in err
     frame = first_frame(out)
     assert int(frame.color_trc) == 18 and "MASTERING_DISPLAY_METADATA" not in frame_side_data(frame)
@@ -257,11 +250,11 @@ def idet(path: Path, size: tuple[int, int] = (96, 64)) -> list[str]:
     return verdicts
 
 
-def test_interlaced_source_is_deinterlaced(tmp_path, capsys, clips, tiny):
+def test_interlaced_source_is_deinterlaced(tmp_path, capsys, clips, fast_model):
     src = clips("interlaced_mkv", "tff")
     assert idet(src) == ["tff"] * 8  # the detector sees the combing of the source
     out = tmp_path / "prog.mkv"
-    err = vsr(capsys, src, out, "--model", tiny, "-v")
+    err = vsr(capsys, src, out, "--model", fast_model, "-v")
     assert "deinterlaced with bwdif" in err
     assert idet(out) == ["progressive"] * 8
     assert media.video_pts(out) == media.video_pts(src)
@@ -269,10 +262,10 @@ def test_interlaced_source_is_deinterlaced(tmp_path, capsys, clips, tiny):
         assert presentation.field_order_name(c.streams.video[0].codec_context.field_order) == "progressive"
 
 
-def test_field_rate_doubles_the_frames_at_field_times(tmp_path, capsys, clips, tiny):
+def test_field_rate_doubles_the_frames_at_field_times(tmp_path, capsys, clips, fast_model):
     src = clips("interlaced_mkv", "tff")
     out = tmp_path / "fields.mkv"
-    vsr(capsys, src, out, "--model", tiny, "--deinterlace-rate", "field")
+    vsr(capsys, src, out, "--model", fast_model, "--deinterlace-rate", "field")
     times_in = [Fraction(p) / 1000 for p in media.video_pts(src)]  # Matroska: 1 ms time base
     times_out = [Fraction(p) / 1000 for p in media.video_pts(out)]
     assert times_out == [t + half for t in times_in for half in (0, Fraction(1, 50))]
@@ -281,9 +274,9 @@ def test_field_rate_doubles_the_frames_at_field_times(tmp_path, capsys, clips, t
     assert verdicts[1:-1] == ["progressive"] * 14
 
 
-def test_deinterlace_off_warns_and_keeps_the_combing(tmp_path, capsys, clips, tiny):
+def test_deinterlace_off_warns_and_keeps_the_combing(tmp_path, capsys, clips, fast_model):
     out = tmp_path / "combed.mkv"
-    err = vsr(capsys, clips("interlaced_mkv", "tff"), out, "--model", tiny, "--deinterlace", "off")
+    err = vsr(capsys, clips("interlaced_mkv", "tff"), out, "--model", fast_model, "--deinterlace", "off")
     assert "--deinterlace off" in err and "warning" in err
     assert idet(out).count("tff") >= 6
 
@@ -299,11 +292,11 @@ def _times(path: Path, kind: str) -> list[tuple[Fraction, Fraction, bytes]]:
         return [(p.pts * tb, (p.duration or 0) * tb, bytes(p)) for p in c.demux(stream) if p.size]
 
 
-def test_trim_cuts_frames_audio_and_subtitles_in_sync(tmp_path, capsys, clips, tiny):
+def test_trim_cuts_frames_audio_and_subtitles_in_sync(tmp_path, capsys, clips, fast_model):
     src = clips("trim_mkv")
     full, cut = tmp_path / "full.mkv", tmp_path / "cut.mkv"
-    vsr(capsys, src, full, "--model", tiny, "--encoder-opt", "qp=0")
-    vsr(capsys, src, cut, "--model", tiny, "--encoder-opt", "qp=0", "--start", "1.5", "--duration", "1")
+    vsr(capsys, src, full, "--model", fast_model, "--encoder-opt", "qp=0")
+    vsr(capsys, src, cut, "--model", fast_model, "--encoder-opt", "qp=0", "--start", "1.5", "--duration", "1")
     # Video: the 12 frames from 1.5 s (frame 18, not a keyframe), moved to start at 0.
     pts = media.video_pts(cut)
     assert [Fraction(p, 1000) for p in pts] == [Fraction(round(i * 1000 / 12), 1000) for i in range(12)]
@@ -327,25 +320,25 @@ def test_trim_cuts_frames_audio_and_subtitles_in_sync(tmp_path, capsys, clips, t
     assert subs[0][:2] == (0, Fraction(4, 10)) and subs[1][0] == Fraction(6, 10)
 
 
-def test_trim_by_frame_count_and_clock_time(tmp_path, capsys, clips, tiny):
+def test_trim_by_frame_count_and_clock_time(tmp_path, capsys, clips, fast_model):
     src = clips("trim_mkv")
     out = tmp_path / "five.mkv"
-    vsr(capsys, src, out, "--model", tiny, "--start", "00:00:01.25", "--frames", "5")
+    vsr(capsys, src, out, "--model", fast_model, "--start", "00:00:01.25", "--frames", "5")
     assert len(media.video_pts(out)) == 5 and media.video_pts(out)[0] == 0
     tail = tmp_path / "tail.mkv"
-    vsr(capsys, src, tail, "--model", tiny, "--start", "2.9")
+    vsr(capsys, src, tail, "--model", fast_model, "--start", "2.9")
     assert len(media.video_pts(tail)) == 1  # frame 35 at 2.917 s
 
 
-def test_trim_keeps_variable_frame_rate_gaps(tmp_path, capsys, clips, tiny):
+def test_trim_keeps_variable_frame_rate_gaps(tmp_path, capsys, clips, fast_model):
     src = clips("vfr_mp4")
     out = tmp_path / "vfr.mp4"
-    vsr(capsys, src, out, "--model", tiny, "--start", "0.1")
+    vsr(capsys, src, out, "--model", fast_model, "--start", "0.1")
     kept = [p for p in media.vfr_pts() if p >= 9000]
     assert media.video_pts(out) == [p - kept[0] for p in kept]
 
 
-def test_trim_an_animated_gif(tmp_path, capsys, tiny):
+def test_trim_an_animated_gif(tmp_path, capsys, fast_model):
     gif = tmp_path / "anim.gif"
     frames = media.camera_frames("coffee", (48, 32), 10)
     with av.open(str(gif), "w") as out:
@@ -357,22 +350,22 @@ def test_trim_an_animated_gif(tmp_path, capsys, tiny):
             out.mux(s.encode(f))
         out.mux(s.encode(None))
     dst = tmp_path / "anim.mp4"
-    vsr(capsys, gif, dst, "--model", tiny, "--start", "0.3", "--frames", "4")
+    vsr(capsys, gif, dst, "--model", fast_model, "--start", "0.3", "--frames", "4")
     assert len(media.video_pts(dst)) == 4 and media.video_pts(dst)[0] == 0
 
 
-def test_trim_refuses_a_start_past_the_end(tmp_path, capsys, clips, tiny):
+def test_trim_refuses_a_start_past_the_end(tmp_path, capsys, clips, fast_model):
     out = tmp_path / "none.mkv"
-    code, err = run(capsys, "run", clips("trim_mkv"), out, "--model", tiny, "--start", "00:01:00")
+    code, err = run(capsys, "run", clips("trim_mkv"), out, "--model", fast_model, "--start", "00:01:00")
     assert code == 2 and "past the end" in one_line_error(err)
     assert not out.exists() and leftovers(tmp_path) == []
-    code, err = run(capsys, "run", clips("trim_mkv"), out, "--model", tiny, "--start", "1:75")
+    code, err = run(capsys, "run", clips("trim_mkv"), out, "--model", fast_model, "--start", "1:75")
     assert code == 2 and "--start" in one_line_error(err)
 
 
-def test_video_flags_are_refused_for_images(tmp_path, capsys, tiny):
+def test_video_flags_are_refused_for_images(tmp_path, capsys, fast_model):
     img = Path(__file__).parent.parent / "samples" / "chelsea.png"
-    code, err = run(capsys, "run", img, tmp_path / "o.png", "--model", tiny, "--start", "1", "--deinterlace", "on")
+    code, err = run(capsys, "run", img, tmp_path / "o.png", "--model", fast_model, "--start", "1", "--deinterlace", "on")
     assert code == 2 and "--start" in one_line_error(err) and "--deinterlace" in err
 
 
@@ -385,23 +378,23 @@ def _same_video(a: Path, b: Path) -> None:
         assert all(np.array_equal(p, q) for p, q in zip(media.planes(x), media.planes(y), strict=True))
 
 
-def test_batch_trims_every_job_and_segments_agree_with_a_single_run(tmp_path, capsys, clips, tiny):
+def test_batch_trims_every_job_and_segments_agree_with_a_single_run(tmp_path, capsys, clips, fast_model):
     src = clips("trim_mkv")
     single = tmp_path / "single.mkv"
     trim = ("--start", "0.5", "--frames", "20", "--encoder-opt", "qp=0")
-    vsr(capsys, src, single, "--model", tiny, *trim)
+    vsr(capsys, src, single, "--model", fast_model, *trim)
     # Whole-file jobs of a folder, each cut the same way.
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a.mkv", "b.mkv"):
         (folder / name).write_bytes(src.read_bytes())
-    code, err = run(capsys, "batch", folder, "--output-dir", tmp_path / "out", "--model", tiny, "--progress", "none", *trim)
+    code, err = run(capsys, "batch", folder, "--output-dir", tmp_path / "out", "--model", fast_model, "--progress", "none", *trim)
     assert code == 0, err
     for name in ("a.mkv", "b.mkv"):
         _same_video(tmp_path / "out" / name, single)
         assert media.packets(tmp_path / "out" / name) == media.packets(single)
     # Segments of the trimmed range, joined: the frames, timestamps, pixels and audio of the single run.
-    code, err = run(capsys, "batch", src, "--output-dir", tmp_path / "seg", "--model", tiny, "--progress", "none", "--segments", "3", *trim)
+    code, err = run(capsys, "batch", src, "--output-dir", tmp_path / "seg", "--model", fast_model, "--progress", "none", "--segments", "3", *trim)
     assert code == 0, err
     joined = tmp_path / "seg" / src.name
     _same_video(joined, single)
@@ -409,22 +402,22 @@ def test_batch_trims_every_job_and_segments_agree_with_a_single_run(tmp_path, ca
     assert [p[2] for p in media.packets(joined, "subtitle")] == [p[2] for p in media.packets(single, "subtitle")]
 
 
-def test_batch_segments_of_an_interlaced_source_agree_with_a_single_run(tmp_path, capsys, clips, tiny):
+def test_batch_segments_of_an_interlaced_source_agree_with_a_single_run(tmp_path, capsys, clips, fast_model):
     src = clips("interlaced_mkv", "tff")
     single = tmp_path / "single.mkv"
-    vsr(capsys, src, single, "--model", tiny, "--encoder-opt", "qp=0")
-    code, err = run(capsys, "batch", src, "--output-dir", tmp_path / "seg", "--model", tiny, "--progress", "none",
+    vsr(capsys, src, single, "--model", fast_model, "--encoder-opt", "qp=0")
+    code, err = run(capsys, "batch", src, "--output-dir", tmp_path / "seg", "--model", fast_model, "--progress", "none",
                     "--segment-frames", "3", "--encoder-opt", "qp=0")
     assert code == 0, err
     _same_video(tmp_path / "seg" / src.name, single)
 
 
 @pytest.mark.parametrize("trim", [("--start", "2", "--frames", "100"), ("--start", "1.2", "--duration", "1")])
-def test_batch_segments_of_other_trims(tmp_path, capsys, clips, tiny, trim):
+def test_batch_segments_of_other_trims(tmp_path, capsys, clips, fast_model, trim):
     src = clips("trim_mkv")
     single = tmp_path / "single.mkv"
-    vsr(capsys, src, single, "--model", tiny, "--encoder-opt", "qp=0", *trim)
-    code, err = run(capsys, "batch", src, "--output-dir", tmp_path / "seg", "--model", tiny, "--progress", "none",
+    vsr(capsys, src, single, "--model", fast_model, "--encoder-opt", "qp=0", *trim)
+    code, err = run(capsys, "batch", src, "--output-dir", tmp_path / "seg", "--model", fast_model, "--progress", "none",
                     "--segments", "2", "--encoder-opt", "qp=0", *trim)
     assert code == 0, err
     joined = tmp_path / "seg" / src.name
@@ -433,10 +426,10 @@ def test_batch_segments_of_other_trims(tmp_path, capsys, clips, tiny, trim):
     assert audio == [p[2] for p in media.packets(single)] and audio
 
 
-def test_trim_keeps_the_chapters_of_its_range(tmp_path, capsys, clips, tiny):
+def test_trim_keeps_the_chapters_of_its_range(tmp_path, capsys, clips, fast_model):
     src = clips("h264_aac_mp4")  # chapters "Intro" 0-1/3 s and "Close-up" 1/3-2/3 s
     out = tmp_path / "ch.mp4"
-    vsr(capsys, src, out, "--model", tiny, "--start", "0.25", "--frames", "3")
+    vsr(capsys, src, out, "--model", fast_model, "--start", "0.25", "--frames", "3")
     with av.open(str(out)) as c:
         got = [(ch["metadata"]["title"], float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"])) for ch in c.chapters()]
     assert [g[0] for g in got] == ["Intro", "Close-up"]

@@ -513,10 +513,11 @@ def _compute_spec(args: argparse.Namespace, precision: str):
     )
 
 
-def _make_upscaler(args: argparse.Namespace, precision: str, spec=None):
+def _make_upscaler(spec):
+    """The Upscaler ``spec`` (a :class:`vsr.compute.ComputeSpec`) builds, with one line on what it runs."""
     from .device import dtype_name
 
-    upscaler = (spec or _compute_spec(args, precision))()
+    upscaler = spec()
     engine = upscaler.engine
     caps, limits = engine.caps, upscaler.limits
     log.info(
@@ -541,7 +542,7 @@ def _upscale_images(args: argparse.Namespace, precision: str, tasks) -> int:
 
     from .images import run_tasks
 
-    upscaler = _make_upscaler(args, precision)
+    upscaler = _make_upscaler(_compute_spec(args, precision))
     started = time.perf_counter()
     with tqdm(total=len(tasks), unit="img", disable=None if len(tasks) > 1 and args.progress == "bar" else True, file=sys.stderr) as bar:
         try:
@@ -574,7 +575,7 @@ def _run_video(args: argparse.Namespace, precision: str) -> int:
     # and the "done" line below is true about whose file is at the path.
     with files.claim(job.target, make_folder_now=False):
         spec = _compute_spec(args, precision)
-        upscaler = _make_upscaler(args, precision, spec)
+        upscaler = _make_upscaler(spec)
         reporter = progress.make("none" if args.quiet else args.progress)
 
         def on_resume(resumed) -> None:

@@ -20,7 +20,7 @@ Modes:
   blocks) and re-codes a few, so at least half of the 16x16 luma blocks must be unchanged; a
   camera that moves even a hundredth of a pixel changes nearly every block, and an intra-only
   source (every frame re-coded) is held only where it is bit-identical. At most
-  :data:`AUTO_MAX_REUSE` repeats in a row (the held output is refreshed at least that often).
+  ``AUTO.max_reuse`` repeats in a row (the held output is refreshed at least that often).
 
 The statistics are computed on the decoded planes on the compute device (torch), in 8-bit code
 units whatever the bit depth. :func:`difference` is the pure part; thresholds are data.
@@ -74,7 +74,6 @@ class Thresholds:
 AUTO = Thresholds(mean=0.5, block=6.0, block_size=8, unchanged=0.5, max_reuse=24)
 # The macroblock of H.264 (and the common CU size of later codecs): the unit an encoder skips.
 SKIP_BLOCK = 16
-AUTO_MAX_REUSE = AUTO.max_reuse
 
 
 def check_mode(mode: str) -> str:
@@ -145,7 +144,7 @@ class Detector:
 
     One detector per run or ``vsr batch`` segment (a segment's first frame is always computed).
     ``reused`` counts the repeats; ``held`` lists the runs of repeats as (first computed frame,
-    repeats) for the log.
+    repeats); :meth:`close` logs them.
     """
 
     def __init__(self, mode: str, device: torch.device, limits: Thresholds = AUTO):
@@ -184,8 +183,13 @@ class Detector:
         return False
 
     def close(self) -> None:
-        """End of the frames: log the last held run."""
+        """End of the frames: log the last held run, and the one line (at -v) on how many of the
+        frames reused a computed output."""
         self._close_run()
+        if self.active:
+            longest = max((n for _, n in self.held), default=0)
+            log.info("--dedup %s: %d of %d frames reused a computed frame's output (%d held runs, the longest %d frames)",
+                     self.mode, self.reused, self._index + 1, len(self.held), longest)
 
     def _may_reuse(self) -> bool:
         # Exact repeats are the same numbers again: nothing can drift, so no cap.
@@ -207,10 +211,3 @@ def _bits(frame: Frame) -> int:
     lay = layout(frame.pix_fmt)
     return lay.bits if lay is not None else 8
 
-
-def log_reuse(detector: Detector, frames: int) -> None:
-    """The run's one line on dedup (at -v): how many of its frames reused a computed output."""
-    if detector.active:
-        longest = max((n for _, n in detector.held), default=0)
-        log.info("--dedup %s: %d of %d frames reused a computed frame's output (%d held runs, the longest %d frames)",
-                 detector.mode, detector.reused, frames, len(detector.held), longest)

@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import color
-from .dedup import Detector, check_mode, log_reuse
+from .dedup import Detector, check_mode
 from .errors import UsageError, VsrError
 from .files import check_output, publish
 from .frame import CopiedPacket, Frame, VideoInfo
@@ -227,8 +227,7 @@ def _run(job: VideoJob, fmt: str, source, info: VideoInfo, upscaler: Upscaler, p
             f"frame count mismatch: {counts['decoded']} decoded, {stats.frames} encoded, {stats.video_packets} video packets written; "
             f"the output was not published (please report this)"
         )
-    log_reuse(detector, stats.frames)
-    return stats.frames, write.reused
+    return stats.frames, detector.reused
 
 
 def _dali_device(upscaler: Upscaler) -> str:

@@ -121,7 +121,7 @@ def run_checkpointed(
         if not checkpoints.resume and folder.is_dir():
             log.info("--no-resume: deleting the checkpoint %s", folder)
             _discard(folder)
-        why_not, info, index = _plan(job, fmt, upscaler, checkpoints)
+        why_not, info, index, per_frame = _plan(job, fmt, upscaler, checkpoints)
         if why_not:
             log.info("no checkpoints for %s: %s; it is done in one pass", job.source, why_not)
             result = run_video(job, upscaler, on_start=on_start, on_frame=on_frame)
@@ -129,16 +129,17 @@ def run_checkpointed(
                 _discard(folder)
             return result
         with claim(job.target):  # makes the output's folder: the checkpoint folder goes beside it
-            return _Run(job, fmt, upscaler, info, index, folder, model, checkpoints).run(on_start, on_frame, on_resume)
+            return _Run(job, fmt, upscaler, info, index, per_frame, folder, model, checkpoints).run(on_start, on_frame, on_resume)
 
 
-def _plan(job: VideoJob, fmt: str, upscaler: Upscaler, checkpoints: Checkpoints) -> tuple[str, VideoInfo | None, VideoIndex | None]:
-    """(why the run is done in one pass, or "", the input's info, its index)."""
+def _plan(job: VideoJob, fmt: str, upscaler: Upscaler, checkpoints: Checkpoints) -> tuple[str, VideoInfo | None, VideoIndex | None, int]:
+    """(why the run is done in one pass, or "", the input's info, its index, output frames per
+    input frame: 2 when deinterlacing at field rate)."""
     video = job.video
     if checkpoints.frames == 0:
-        return "--checkpoint-frames 0", None, None
+        return "--checkpoint-frames 0", None, None, 1
     if video.decoder != "pyav":
-        return f"--decoder {video.decoder} decodes the file in one go and cannot start at a checkpoint", None, None
+        return f"--decoder {video.decoder} decodes the file in one go and cannot start at a checkpoint", None, None, 1
     first = checkpoints.frames or FIRST_PIECE_FRAMES
     source, info = open_input(job.source, hwaccel=video.hwaccel, hwaccel_device=cuda_index(upscaler))
     source.close()
@@ -147,27 +148,28 @@ def _plan(job: VideoJob, fmt: str, upscaler: Upscaler, checkpoints: Checkpoints)
     hint = frame_count_hint(info, video.trim, plan)
     per_frame = plan.deinterlace.frames_per_input
     if hint is not None and hint <= first * per_frame:  # known to be short: no need to read every packet
-        return f"about {hint} frames, no more than one checkpoint's {first}", info, None
+        return f"about {hint} frames, no more than one checkpoint's {first}", info, None, per_frame
     try:
         index = index_video(job.source, video.trim)
     except VsrError as err:
         if err.exit_code != 1:  # a bad input or trim: the one-pass run says it the usual way
             raise
-        return str(err), info, None
+        return str(err), info, None, per_frame
     if not index.usable:
-        return f"it cannot be cut exactly by timestamps ({index.reason})", info, None
+        return f"it cannot be cut exactly by timestamps ({index.reason})", info, None, per_frame
     if index.frames <= first:
-        return f"{index.frames} frames, no more than one checkpoint's {first}", info, None
-    return "", info, index
+        return f"{index.frames} frames, no more than one checkpoint's {first}", info, None, per_frame
+    return "", info, index, per_frame
 
 
 class _Run:
     """One checkpointed run: keep the good prefix of an earlier run's pieces, encode the rest piece
     by piece, join, publish, remove the folder."""
 
-    def __init__(self, job: VideoJob, fmt: str, upscaler: Upscaler, info: VideoInfo, index: VideoIndex, folder: Path,
+    def __init__(self, job: VideoJob, fmt: str, upscaler: Upscaler, info: VideoInfo, index: VideoIndex, per_frame: int, folder: Path,
                  model: Mapping[str, Any], checkpoints: Checkpoints):
         self.job, self.fmt, self.upscaler, self.info, self.index, self.folder = job, fmt, upscaler, info, index, folder
+        self.per_frame = per_frame
         self.checkpoints = checkpoints
         video = job.video
         record = options_record(video, model)
@@ -179,8 +181,6 @@ class _Run:
         self.record = json.loads(json.dumps(record, default=str))
         # bwdif looks one frame back: each piece of an interlaced source decodes one frame ahead.
         self.context = 1 if index.interlaced and video.picture.deinterlace != "off" else 0
-        _, _, plan = plan_output(info, fmt, video.settings, video.picture, scale=upscaler.scale, outscale=video.outscale, trim=video.trim)
-        self.per_frame = plan.deinterlace.frames_per_input
 
     def run(self, on_start, on_frame, on_resume) -> RunResult:
         started = time.perf_counter()
@@ -189,7 +189,7 @@ class _Run:
             on_start(replace(self.info, frames_hint=total))
         pieces, metas = self._kept()
         position = sum(int(m["segment"]["frames"]) for m in metas)  # in index frames
-        done = sum(int(m["frames"]) for m in metas)  # in output frames
+        done = resumed_frames = sum(int(m["frames"]) for m in metas)  # in output frames
         if pieces:
             resumed = Resumed(done, total)
             log.info("%d checkpoint pieces kept from %s", len(pieces), self.folder)
@@ -224,7 +224,7 @@ class _Run:
         _discard(self.folder)
         return RunResult(
             frames=frames, seconds=time.perf_counter() - started, output=self.job.target, output_bytes=self.job.target.stat().st_size,
-            info=self.info, reused=reused, resumed=sum(int(m["frames"]) for m in metas),
+            info=self.info, reused=reused, resumed=resumed_frames,
         )
 
     def _encode(self, segment: Segment, path: Path, done: int, on_frame) -> dict[str, Any]:

@@ -172,11 +172,10 @@ class FrameWriter:
     :class:`BatchCompute`) once its device-to-host copy is done, every frame with its own
     timestamp; a repeat is written with the planes of the last computed frame (which may be in an
     earlier group: groups arrive in order, on one thread). ``on_frame(frames_written)`` follows
-    every frame; :attr:`reused` counts the repeats written."""
+    every frame."""
 
     def __init__(self, muxer: Muxer, on_frame: Callable[[int], None] | None = None):
         self.muxer, self.on_frame = muxer, on_frame
-        self.reused = 0
         self._last: list | None = None
 
     def __call__(self, item) -> None:
@@ -185,9 +184,7 @@ class FrameWriter:
             ready()
         computed = iter(host_frames(host)) if host is not None else iter(())
         for pts, time_base, repeat in stamps:
-            if repeat:
-                self.reused += 1
-            else:
+            if not repeat:
                 self._last = next(computed)
             self.muxer.write_frame(self._last, pts, time_base)
             if self.on_frame is not None:

@@ -41,7 +41,7 @@ from typing import Any
 import av
 
 from .. import color
-from ..dedup import Detector, log_reuse
+from ..dedup import Detector
 from ..errors import InputError, UsageError, VsrError
 from ..files import check_artifact, publish, publish_artifact, read_sidecar
 from ..frame import CopiedPacket, Frame, VideoInfo
@@ -457,9 +457,7 @@ def _compute_and_encode(frames: Iterator[Frame], muxer: Muxer, upscaler: Upscale
         return count
 
     stages.start("segment-encode", encode)
-    count = stages.run(compute)
-    log_reuse(detector, count)
-    return count, write.reused
+    return stages.run(compute), detector.reused
 
 
 # --------------------------------------------------------------------------- reuse and join

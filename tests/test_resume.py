@@ -1,8 +1,10 @@
 """``vsr run`` checkpoints a long video as it goes (vsr/resume.py): killed with SIGKILL at about
 70 %, the same command computes only the frames after the last finished piece, and the output is
 an uninterrupted run's (frames, timestamps, pixels with lossless x264, audio packets); with a
-trim and with a VFR source too. A Ctrl-C keeps the finished pieces and no temporary file; a
-changed option or ``--no-resume`` starts over, and says why.
+trim, with a VFR source, and with an interlaced animation deinterlaced and deduplicated too. A
+Ctrl-C keeps the finished pieces and no temporary file; so does a full disk (a real one: a small
+tmpfs), and once space is freed the same command continues. A changed option or ``--no-resume``
+starts over, and says why.
 
 The network calls of the second run are counted on the real Upscaler (``Upscaler.__call__``
 wrapped, the computation unchanged)."""
@@ -50,6 +52,23 @@ def vfr_clip(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("vfr")
     return media.make_clip(folder / "vfr.mp4", size=(96, 64), frames=FRAMES, rate=Fraction(30), pts=pts, time_base=Fraction(1, 90000),
                            audio="aac", photo="rocket", options={"g": "12"})
+
+
+@pytest.fixture(scope="module")
+def animation(tmp_path_factory) -> Path:
+    """The 60-frame animation of scripts/media.py (drawings held on twos and threes, a pan, a fade,
+    a blink), x264 crf 20 with a keyframe every 12 frames, AAC audio: what ``--dedup auto`` holds."""
+    rgb, _ = media.animation_frames((96, 64))
+    return media.make_clip(tmp_path_factory.mktemp("anim") / "anim.mkv", rgb=rgb, frames=len(rgb), size=(96, 64), rate=24,
+                           audio="aac", options={"crf": "20", "g": "12"})
+
+
+@pytest.fixture(scope="module")
+def interlaced(tmp_path_factory) -> Path:
+    """48 frames of a pan woven from fields 1/50 s apart (real combing), flagged and coded
+    interlaced top field first, a keyframe every 12 frames, AAC audio."""
+    return media.make_clip(tmp_path_factory.mktemp("interlaced") / "tff.mkv", size=(96, 64), frames=FRAMES, rate=25, photo="rocket",
+                           moves=[((0.15, 0.55, 0.35), (0.75, 0.55, 0.35))], interlaced="tff", audio="aac", options={"g": "12"})
 
 
 class Counted:
@@ -116,34 +135,57 @@ def assert_same_output(a: Path, b: Path, frames: int) -> None:
     assert audio and audio == media.packets(b, "audio")  # pts, dts and bytes
 
 
+def reused_in_pieces(out: Path) -> int:
+    """Frames ``--dedup`` reused in the complete pieces of ``out``'s checkpoint."""
+    reused = 0
+    for piece in sorted(checkpoint_folder(out).glob("[0-9][0-9][0-9][0-9].nut")):
+        if not piece_status(piece, {})[0]:
+            break
+        reused += int(read_sidecar(piece).get("dedup_reused") or 0)
+    return reused
+
+
+# fixture, extra flags, output frames, the uninterrupted reference's --checkpoint-frames
 CASES = {
-    "plain": ("clip", (), FRAMES),
-    "trim": ("clip", ("--start", "0.25", "--frames", "40"), 40),
-    "vfr": ("vfr_clip", (), FRAMES),
+    "plain": ("clip", (), FRAMES, "0"),
+    "trim": ("clip", ("--start", "0.25", "--frames", "40"), 40, "0"),
+    "vfr": ("vfr_clip", (), FRAMES, "0"),
+    # --dedup computes the first frame of every piece (a piece never reuses another's output), so
+    # the reference is an uninterrupted run in the same pieces.
+    "dedup": ("animation", ("--dedup", "auto"), 60, str(EVERY)),
+    # bwdif at field rate: two output frames per input frame, each piece decoding one frame before
+    # its start for the filter's look back.
+    "deinterlace": ("interlaced", ("--deinterlace-rate", "field"), 2 * FRAMES, "0"),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_sigkill_at_70_percent_then_the_same_command_computes_only_the_rest(tmp_path, capsys, monkeypatch, slow_model, request, case):
-    fixture, extra, total = CASES[case]
+    fixture, extra, total, reference_every = CASES[case]
     src = request.getfixturevalue(fixture)
     out = tmp_path / "out" / f"film_x4{src.suffix}"
     args = vsr_args(src, out, slow_model, "--checkpoint-frames", str(EVERY), *extra)
     kill_at(args, 0.7, total)
     assert not out.exists()
-    kept = finished_pieces(out)
+    kept, kept_reused = finished_pieces(out), reused_in_pieces(out)
     assert 0.5 * total <= kept < total
 
     counted = Counted(monkeypatch)
-    assert main([*args, "--progress", "json"]) == 0
-    seen = events(capsys.readouterr().out)
-    assert counted.frames == total - kept  # only the frames after the last finished piece
+    assert main([*args, "--progress", "json", "-v"]) == 0
+    captured = capsys.readouterr()
+    seen = events(captured.out)
+    reused = seen["done"]["reused"] - kept_reused  # held by this run
+    assert counted.frames == total - kept - reused  # only the frames after the last finished piece
     assert seen["resume"] == {"event": "resume", "frame": kept, "frames": total}
     assert (seen["done"]["frames"], seen["done"]["resumed"]) == (total, kept)
     assert not checkpoint_folder(out).exists() and leftovers(out.parent) == []
+    if case == "dedup":
+        assert reused > 0 and kept_reused > 0  # held pictures in the kept pieces and in the rest
+    if case == "deinterlace":
+        assert "deinterlaced with bwdif" in captured.err
 
-    reference = tmp_path / "ref" / out.name  # uninterrupted, one pass
-    assert main(vsr_args(src, reference, slow_model, "--checkpoint-frames", "0", *extra, "--progress", "none")) == 0
+    reference = tmp_path / "ref" / out.name  # uninterrupted
+    assert main(vsr_args(src, reference, slow_model, "--checkpoint-frames", reference_every, *extra, "--progress", "none")) == 0
     assert_same_output(out, reference, total)
 
 
@@ -250,3 +292,70 @@ def test_a_second_run_to_the_same_output_never_touches_the_first_ones_checkpoint
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert len(media.video_pts(out)) == FRAMES and not checkpoint_folder(out).exists()
+
+
+# The full disk below is a real one: a tmpfs of a few hundred KiB, mounted in a mount namespace of
+# its own (`unshare --user --map-root-user --mount`: no root needed, and the mount vanishes with
+# the shell). Both runs and the "clearing" happen inside that shell; what the test asserts on is
+# copied out before it ends.
+FULL_DISK = r"""
+set -u
+mount -t tmpfs -o size="$DISK_BYTES" tmpfs "$DISK"
+head -c "$FILLER_BYTES" /dev/zero > "$DISK/filler"
+"$@" --progress none 2> "$RESULTS/first.err"; echo $? > "$RESULTS/first.rc"
+cp -a "$DISK/." "$RESULTS/after_first"
+rm "$DISK/filler"
+"$@" -v --progress json > "$RESULTS/second.out" 2> "$RESULTS/second.err"; echo $? > "$RESULTS/second.rc"
+cp -a "$DISK/." "$RESULTS/after_second"
+"""
+
+
+def user_namespaces() -> bool:
+    """Whether this machine lets an unprivileged user mount a tmpfs in a namespace of its own."""
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True, timeout=30).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("fills", ["mid-run", "at the join"])
+def test_a_full_disk_stops_the_run_keeping_its_pieces_and_once_space_is_freed_the_same_command_finishes(tmp_path, clip, fast_model, fills):
+    if not user_namespaces():
+        pytest.skip("needs `unshare` with user namespaces to mount a small file system that can fill up")
+    # The size of the finished output, from an uninterrupted run in the same pieces (the reference).
+    reference = tmp_path / "ref" / "film_x4.mkv"
+    assert main(vsr_args(clip, reference, fast_model, "--checkpoint-frames", str(EVERY), "--progress", "none")) == 0
+    size = reference.stat().st_size
+    disk, results = tmp_path / "disk", tmp_path / "results"
+    disk.mkdir()
+    results.mkdir()
+    out = disk / "film_x4.mkv"
+    # Room for the pieces and the joined output (the pieces stay until the output is published),
+    # filled so that about half of the pieces fit, or all of them but not the joined output.
+    disk_bytes = 2 * size + 256 * 1024
+    free = size // 2 if fills == "mid-run" else size + 128 * 1024
+    env = {**os.environ, "DISK": str(disk), "RESULTS": str(results), "DISK_BYTES": str(disk_bytes), "FILLER_BYTES": str(disk_bytes - free)}
+    command = [sys.executable, "-m", "vsr", *vsr_args(clip, out, fast_model, "--checkpoint-frames", str(EVERY))]
+    shell = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", FULL_DISK, "full-disk", *command],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert shell.returncode == 0, shell.stderr
+
+    # The first run: exit 74 (I/O error) with one line saying the disk is full; finished pieces kept.
+    err = (results / "first.err").read_text().strip().splitlines()
+    assert (results / "first.rc").read_text().strip() == "74"
+    assert err == [f"vsr: error: writing the output file in {out.parent if fills == 'at the join' else checkpoint_folder(out)} failed "
+                   "(No space left on device); check free space and the disk"]
+    kept_folder = results / "after_first" / checkpoint_folder(out).name
+    kept = [p for p in sorted(kept_folder.glob("[0-9][0-9][0-9][0-9].nut")) if piece_status(p, {})[0]]
+    kept_frames = sum(int(read_sidecar(p)["frames"]) for p in kept)
+    assert 0 < kept_frames < FRAMES if fills == "mid-run" else kept_frames == FRAMES
+    assert leftovers(kept_folder) == [] and not (results / "after_first" / out.name).exists()
+
+    # Space freed, the same command: it continues after the kept pieces and publishes the output.
+    assert (results / "second.rc").read_text().strip() == "0", (results / "second.err").read_text()
+    seen = events((results / "second.out").read_text())
+    assert seen["resume"] == {"event": "resume", "frame": kept_frames, "frames": FRAMES}
+    assert (seen["done"]["frames"], seen["done"]["resumed"]) == (FRAMES, kept_frames)
+    finished = results / "after_second"
+    assert sorted(p.name for p in finished.iterdir()) == [out.name]  # no checkpoint, no temporary file
+    assert_same_output(finished / out.name, reference, FRAMES)

@@ -142,22 +142,26 @@ def difference(a: list[torch.Tensor], b: list[torch.Tensor], *, bits: int, block
 class Detector:
     """Marks each frame of a run, in order, as computed or as a repeat of the last computed frame.
 
-    One detector per run or ``vsr batch`` segment (a segment's first frame is always computed).
-    ``reused`` counts the repeats; ``held`` lists the runs of repeats as (first computed frame,
-    repeats); :meth:`close` logs them.
+    One detector per run, ``vsr batch`` segment or checkpoint piece (a piece's first frame is
+    always computed). ``first`` is the number of the run's frame that the detector sees first, so
+    that the logged frame numbers are the run's; ``summary`` False leaves the summary line to the
+    caller (a checkpointed run logs one for all its pieces). ``reused`` counts the repeats; ``held``
+    lists the runs of repeats as (first computed frame, repeats); :meth:`close` logs them.
     """
 
-    def __init__(self, mode: str, device: torch.device, limits: Thresholds = AUTO):
+    def __init__(self, mode: str, device: torch.device, limits: Thresholds = AUTO, *, first: int = 0, summary: bool = True):
         self.mode = check_mode(mode)
         self.device = torch.device(device)
         self.limits = limits
+        self.first = first
+        self.summary = summary
         self.reused = 0
         self.held: list[tuple[int, int]] = []
         self._ref: list[torch.Tensor] | None = None
         self._ref_key: tuple | None = None
-        self._ref_index = -1
+        self._ref_index = first - 1
         self._run = 0
-        self._index = -1
+        self._index = first - 1
 
     @property
     def active(self) -> bool:
@@ -186,10 +190,9 @@ class Detector:
         """End of the frames: log the last held run, and the one line (at -v) on how many of the
         frames reused a computed output."""
         self._close_run()
-        if self.active:
+        if self.active and self.summary:
             longest = max((n for _, n in self.held), default=0)
-            log.info("--dedup %s: %d of %d frames reused a computed frame's output (%d held runs, the longest %d frames)",
-                     self.mode, self.reused, self._index + 1, len(self.held), longest)
+            log_summary(self.mode, self.reused, self._index + 1 - self.first, f" ({len(self.held)} held runs, the longest {longest} frames)")
 
     def _may_reuse(self) -> bool:
         # Exact repeats are the same numbers again: nothing can drift, so no cap.
@@ -203,6 +206,11 @@ class Detector:
             log.log(level, "frames %d-%d reuse frame %d's output (--dedup %s)",
                     self._ref_index + 1, self._ref_index + self._run, self._ref_index, self.mode)
         self._run = 0
+
+
+def log_summary(mode: str, reused: int, frames: int, details: str = "") -> None:
+    """The one line (at -v) on how many of a run's frames reused a computed output."""
+    log.info("--dedup %s: %d of %d frames reused a computed frame's output%s", mode, reused, frames, details)
 
 
 def _bits(frame: Frame) -> int:

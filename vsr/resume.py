@@ -44,6 +44,7 @@ from typing import Any
 
 from .batch.manifest import input_fingerprint, options_fingerprint, options_record
 from .batch.segments import PIECE_SCHEMA, Segment, VideoIndex, encode_segment, index_video, join_segments, piece_path, piece_status, segment_at
+from .dedup import log_summary
 from .errors import VsrError
 from .files import claim, hidden_companion, make_folder, read_sidecar, remove_artifact, remove_stale_temps
 from .frame import VideoInfo
@@ -159,6 +160,8 @@ def _plan(job: VideoJob, fmt: str, upscaler: Upscaler, checkpoints: Checkpoints)
         return f"it cannot be cut exactly by timestamps ({index.reason})", info, None, per_frame
     if index.frames <= first:
         return f"{index.frames} frames, no more than one checkpoint's {first}", info, None, per_frame
+    log.info("input %s: %s", job.source, info.describe())
+    plan.log()  # what a one-pass run says about the picture; every piece plans the same
     return "", info, index, per_frame
 
 
@@ -214,10 +217,14 @@ class _Run:
             position += segment.frames
             done += int(meta["frames"])
             reused += int(meta.get("dedup_reused") or 0)
+            seconds = time.perf_counter() - piece_started
+            log.info("checkpoint %s: %d frames in %.1f s, %d of %d done", path.name, int(meta["frames"]), seconds, done, total)
             if self.checkpoints.frames is None:
-                rate = segment.frames / max(time.perf_counter() - piece_started, 1e-3)
+                rate = segment.frames / max(seconds, 1e-3)
                 size = max(MIN_PIECE_FRAMES, round(rate * CHECKPOINT_SECONDS))
         video = self.job.video
+        if video.dedup != "off":
+            log_summary(video.dedup, reused, total)
         frames = join_segments(
             self.job.source, pieces, self.job.target, video=video, overwrite=self.job.overwrite,
         )
@@ -231,7 +238,7 @@ class _Run:
         video = self.job.video
         return encode_segment(
             self.job.source, segment, path, upscaler=self.upscaler, video=video, fmt=self.fmt, extra={**self.fingerprint, "run_options": self.record},
-            on_frame=None if on_frame is None else (lambda n: on_frame(done + n)),
+            on_frame=None if on_frame is None else (lambda n: on_frame(done + n)), first_frame=done, dedup_summary=False,
         )
 
     def _kept(self) -> tuple[list[Path], list[dict[str, Any]]]:

@@ -335,6 +335,8 @@ class _VideoOnlySource:
 class _RecordingMuxer(Muxer):
     """A Muxer that also remembers each video packet's timestamps as the encoder made them."""
 
+    settings_log_level = logging.DEBUG
+
     def __init__(self, *args, **kwargs):
         self.records: list[tuple[int | None, int | None, int]] = []
         self.packet_time_base: Fraction | None = None
@@ -372,24 +374,28 @@ def encode_segment(
     fmt: str,
     extra: dict[str, Any] | None = None,
     on_frame: Callable[[int], None] | None = None,
+    first_frame: int = 0,
+    dedup_summary: bool = True,
 ) -> dict[str, Any]:
     """Upscale and encode one segment into ``piece`` (published with its sidecar); returns the sidecar.
 
     ``video``: the run's video options (its trim is already in the segment's range; the decoder is
     PyAV's). ``fmt`` is the final output's container format. ``extra`` goes into the sidecar (the
     caller's fingerprints, checked before a piece is reused). ``on_frame(n)`` gets the frames
-    encoded so far.
+    encoded so far. ``first_frame`` (the whole output's number of the segment's first frame) and
+    ``dedup_summary`` go to the segment's :class:`vsr.dedup.Detector`.
     """
     piece = Path(piece)
 
     def build(tmp: Path) -> dict[str, Any]:
-        meta = _encode(source, segment, tmp, upscaler=upscaler, video=video, fmt=fmt, on_frame=on_frame)
+        detector = Detector(video.dedup, upscaler.engine.device, first=first_frame, summary=dedup_summary)
+        meta = _encode(source, segment, tmp, upscaler=upscaler, video=video, fmt=fmt, on_frame=on_frame, detector=detector)
         return {**(extra or {}), **meta}
 
     return publish_artifact(piece, build, key=f"{PIECE_SCHEMA}:{segment.index}")
 
 
-def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, video: VideoOptions, fmt: str, on_frame) -> dict[str, Any]:
+def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, video: VideoOptions, fmt: str, on_frame, detector: Detector) -> dict[str, Any]:
     settings, picture = video.settings, video.picture
     frames_iter = iter_segment_frames(source, segment, hwaccel=video.hwaccel, hwaccel_device=cuda_index(upscaler), picture=picture)
     first = next(frames_iter, None)
@@ -415,8 +421,7 @@ def _encode(source: Path, segment: Segment, tmp: Path, *, upscaler: Upscaler, vi
             yield frame
 
     try:
-        # Each segment starts its own detector: its first frame is always computed.
-        detector = Detector(video.dedup, upscaler.engine.device)
+        # Each segment has its own detector: its first frame is always computed.
         decoded, reused = _compute_and_encode(all_frames(), muxer, upscaler, out_colour, plan, on_frame, detector)
         stats = muxer.finish()
     except BaseException:

@@ -243,6 +243,10 @@ class Muxer:
     Not thread-safe: one thread owns it (the pipeline's encode thread) once it is open.
     """
 
+    # Level of the "encoding ..." line: a run's output says it at -v; a piece of a bigger output
+    # (batch segments, checkpoints) only at -vv, the join having said it once for the whole file.
+    settings_log_level = logging.INFO
+
     def __init__(
         self,
         path: Path,
@@ -322,8 +326,8 @@ class Muxer:
             if self.codec.endswith("_nvenc"):
                 raise BackendUnavailable(f"--codec {self.codec} could not start ({err}); NVENC needs an NVIDIA GPU with a video encoder (H100/H200 have none): use libx264/libx265") from err
             raise UsageError(f"the {self.codec} encoder refused the settings ({err}); check --crf, --preset, --pix-fmt and --encoder-opt") from err
-        log.info(
-            "encoding %s %dx%d %s (%s), %s", self.codec, self.width, self.height, self.pix_fmt,
+        log.log(
+            self.settings_log_level, "encoding %s %dx%d %s (%s), %s", self.codec, self.width, self.height, self.pix_fmt,
             self.colour.describe(), ", ".join(f"{k}={v}" for k, v in options.items()),
         )
 
@@ -369,7 +373,7 @@ class Muxer:
         try:
             self._out.close()
         except (av.error.FFmpegError, OSError) as err:
-            raise IOFailure(f"could not finish {self.path} ({err}); check free space") from err
+            raise IOFailure(f"could not finish the output file in {self.path.parent} ({_reason(err)}); check free space and the disk") from err
 
     def _mux(self, packets) -> None:
         for packet in packets:
@@ -378,7 +382,8 @@ class Muxer:
             try:
                 self._out.mux(packet)
             except OSError as err:
-                raise IOFailure(f"writing {self.path} failed ({err}); check free space and the disk") from err
+                # The path is the private temporary name (files.publish): the folder is what to name.
+                raise IOFailure(f"writing the output file in {self.path.parent} failed ({_reason(err)}); check free space and the disk") from err
 
     def _build_frame(self, planes: list[np.ndarray]) -> av.VideoFrame:
         if self.planar_fmt in ("rgb24", "rgb48le"):
@@ -479,10 +484,15 @@ def _container_refuses(fmt: str, stream) -> str | None:
         probe.add_stream_from_template(stream)
         probe.start_encoding()
     except (av.error.FFmpegError, ValueError) as err:
-        return getattr(err, "strerror", None) or str(err)
+        return err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     finally:
         try:
             probe.close()
         except Exception:
             pass
     return None
+
+
+def _reason(err: Exception) -> str:
+    """An OS or FFmpeg error's own words without the file name it repeats ("No space left on device")."""
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)

@@ -137,3 +137,48 @@ def test_metrics_that_cannot_run_are_named(capsys, pictures, tmp_path, monkeypat
     assert main(["eval", str(hr), "--sr", str(hr), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "lpips" not in result["mean"] and any("vsr models fetch perceptual" in n for n in result["notes"])
+
+
+def test_no_reference_upscales_the_pictures_themselves_and_scores_niqe(capsys, perceptual_home, pictures, model_file, tmp_path):
+    """--no-reference: the pictures are the inputs (no ground truth). `vsr eval --model` must find
+    the NIQE that `vsr eval --sr` finds on the PNGs `vsr run` wrote from the same inputs."""
+    _, lr = pictures  # 50x40 and 24x18 inputs: 200x160 and 96x72 upscaled
+    own = vsr_eval(capsys, lr, "--model", model_file, "--no-reference")
+    assert own["reference"] is False and "channel" not in own
+    assert set(own["mean"]) == {"niqe", "bicubic_niqe"}  # nothing that needs a ground truth
+    rows = {r["name"]: r for r in own["images"]}
+    assert (rows["coffee.png"]["width"], rows["coffee.png"]["height"]) == (200, 160)
+    assert rows["coffee.png"]["niqe"] > 0 and rows["rocket.png"]["niqe"] is None  # 96x72: no block inside the border
+    code, err = run(capsys, "run", lr, tmp_path / "sr", "--model", model_file, "--precision", "fp32", "--backend", "torch")
+    assert code == 0, err
+    theirs = vsr_eval(capsys, lr, "--sr", tmp_path / "sr", "--scale", str(SCALE), "--no-reference")
+    for a, b in zip(own["images"], theirs["images"], strict=True):
+        assert a["name"] == b["name"] and a["bicubic_niqe"] == b["bicubic_niqe"]
+        assert a["niqe"] == pytest.approx(b["niqe"], abs=1e-6) if a["niqe"] is not None else b["niqe"] is None
+    # The terminal table says what was measured.
+    from vsr.cli import main
+
+    assert main(["eval", str(lr), "--model", str(model_file), "--no-reference"]) == 0
+    assert "no reference: the pictures are the inputs" in capsys.readouterr().out
+
+
+def test_no_reference_on_a_video_measures_the_warping_error_along_the_inputs_motion(capsys, perceptual_home, model_file, tmp_path):
+    pan = media.make_clip(tmp_path / "pan.mkv", vcodec="ffv1", size=(64, 48), frames=8, photo="astronaut")
+    result = vsr_eval(capsys, pan, "--model", model_file, "--no-reference")
+    assert set(result["mean"]) == {"niqe", "bicubic_niqe", "warp_error", "bicubic_warp_error"}
+    assert result["sequence"] == {"first": 0, "frames": 8} and result["images"][0]["width"] == 256
+    assert result["mean"]["warp_error"] > 0
+    # A held photograph: every upscaled frame is the same, so nothing moves against the input's motion.
+    held = np.repeat(media.camera_frames("astronaut", (64, 48), 1), 4, axis=0)
+    still = media.make_clip(tmp_path / "still.mkv", vcodec="ffv1", size=(64, 48), frames=4, rgb=held)
+    assert vsr_eval(capsys, still, "--model", model_file, "--no-reference", "--metrics", "warp_error")["mean"]["warp_error"] == 0
+
+
+def test_no_reference_refuses_what_needs_a_ground_truth(capsys, pictures, model_file, tmp_path):
+    hr, lr = pictures
+    code, err = run(capsys, "eval", lr, "--model", model_file, "--no-reference", "--metrics", "lpips")
+    assert code == 2 and "--metrics lpips compares with a ground truth" in one_line_error(err)
+    code, err = run(capsys, "eval", hr, "--model", model_file, "--no-reference", "--lr-dir", lr)
+    assert code == 2 and "--lr-dir pairs LR pictures with HR ones" in one_line_error(err)
+    code, err = run(capsys, "eval", lr, "--sr", hr, "--scale", "2", "--no-reference", "--metrics", "niqe")  # HR is x4 of LR
+    assert code == 65 and "its input upscaled x2 is" in one_line_error(err)

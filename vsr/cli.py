@@ -389,12 +389,15 @@ def _add_eval(sub, common: argparse.ArgumentParser) -> None:
             "PSNR and SSIM on the Y channel (BT.601, as MATLAB), border crop = scale; LPIPS (AlexNet, v0.1) and DISTS\n"
             "against the HR picture, NIQE of the picture alone (no reference); on a video also tOF (TecoGAN) and the\n"
             "flow-warping error (Lai et al.) on its first frames in a row. Lower is better for all but PSNR and SSIM.\n"
-            "LPIPS, DISTS and NIQE need `vsr models fetch perceptual` (once); tOF and the warping error OpenCV."
+            "LPIPS, DISTS and NIQE need `vsr models fetch perceptual` (once); tOF and the warping error OpenCV.\n"
+            "With --no-reference the pictures are inputs with no ground truth (a real video): they are upscaled and\n"
+            "scored by NIQE and, on a video, the warping error along the input's own motion, beside bicubic."
         ),
         epilog=(
             "examples:\n  vsr eval data/demo/val --model cpu_x4.safetensors\n  vsr eval samples/sample.mp4 --model realesr-animevideov3 --json\n"
             "  vsr eval gt.mp4 --sr other_tool_x4.mp4 --scale 4          # score another upscaler's output\n"
-            "  vsr eval data/val --model m.pth --metrics psnr,lpips,niqe"
+            "  vsr eval data/val --model m.pth --metrics psnr,lpips,niqe\n"
+            "  vsr eval film.mp4 --model gan_x4.safetensors --no-reference   # the film's own frames upscaled: NIQE, warp error"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -404,6 +407,8 @@ def _add_eval(sub, common: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--scale", type=_positive_int, help="with --sr: the scale the pictures were upscaled by (default 4; for the bicubic baseline and the border)")
     evaluate.add_argument("--metrics", help="comma-separated: psnr, ssim, lpips, dists, niqe, tof, warp_error (default: every one that can run here)")
     evaluate.add_argument("--lr-dir", type=Path, help="matching low-resolution images (default: bicubic downscale of the HR ones)")
+    evaluate.add_argument("--no-reference", action="store_true",
+                          help="the pictures are inputs, not ground truth: upscale them (or take --sr's upscale of them) and score NIQE and the warping error")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     evaluate.add_argument("--tile", type=_non_negative_int, default=0, help="tile side; 0 = whole image when it fits")
@@ -750,7 +755,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = None if args.sr is not None else (args.model or DEFAULT_MODEL)
     result = evaluate(
         model, args.hr_dir, args.lr_dir, sr=args.sr, metrics=parse(args.metrics), scale=args.scale,
-        device=args.device, precision=args.precision, tile=args.tile,
+        device=args.device, precision=args.precision, tile=args.tile, reference=not args.no_reference,
     )
     print(result.to_json() if args.json else result.format_table())
     return 0

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 PICTURE_METRICS = ("lpips", "dists", "niqe")
 SEQUENCE_METRICS = ("tof", "warp_error")
 ALL_METRICS = ("psnr", "ssim", *PICTURE_METRICS, *SEQUENCE_METRICS)
+# What can be measured without a ground truth (``vsr eval --no-reference``): NIQE of each
+# upscaled picture, and the warping error of the upscaled frames along the input video's motion.
+NO_REFERENCE_METRICS = ("niqe", "warp_error")
 # Smallest picture NIQE can score: one 96x96 block after the border crop.
 NIQE_MIN_SIDE = 96
 # Fewest frames each sequence metric needs: tOF leaves CUT_FRAMES out at each end and compares
@@ -83,11 +86,16 @@ def available(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in names if _missing(n) is None)
 
 
-def choose(names: Sequence[str] | None, *, video: bool) -> Choice:
+def choose(names: Sequence[str] | None, *, video: bool, reference: bool = True) -> Choice:
     """The metrics to take. ``names`` None: every one that can run (PSNR/SSIM always; the
-    sequence metrics for a video only). Named ones must run: a missing file or package raises
-    :class:`BackendUnavailable` (exit 69) naming the command that gets it."""
+    sequence metrics for a video only; without a ``reference``, :data:`NO_REFERENCE_METRICS`
+    only). Named ones must run: a missing file or package raises :class:`BackendUnavailable`
+    (exit 69) naming the command that gets it; one that needs a reference, when there is none, is a
+    usage error."""
     if names is not None:
+        if not reference and any(n not in NO_REFERENCE_METRICS for n in names):
+            bad = next(n for n in names if n not in NO_REFERENCE_METRICS)
+            raise UsageError(f"--metrics {bad} compares with a ground truth, which --no-reference pictures have none of; choose from {', '.join(NO_REFERENCE_METRICS)}")
         if not video and any(n in SEQUENCE_METRICS for n in names):
             bad = next(n for n in names if n in SEQUENCE_METRICS)
             raise UsageError(f"--metrics {bad} measures a clip of frames; give a video (and, with --sr, its upscaled video)")
@@ -96,7 +104,7 @@ def choose(names: Sequence[str] | None, *, video: bool) -> Choice:
             if reason is not None:
                 raise BackendUnavailable(f"metric {name} cannot run: {reason}")
         return Choice(tuple(n for n in PICTURE_METRICS if n in names), tuple(n for n in SEQUENCE_METRICS if n in names))
-    wanted = [*PICTURE_METRICS, *(SEQUENCE_METRICS if video else ())]
+    wanted = [n for n in (*PICTURE_METRICS, *(SEQUENCE_METRICS if video else ())) if reference or n in NO_REFERENCE_METRICS]
     reasons = {n: _missing(n) for n in wanted}
     left_out = [n for n in wanted if reasons[n] is not None]
     note = ""
@@ -105,7 +113,7 @@ def choose(names: Sequence[str] | None, *, video: bool) -> Choice:
         why = "; ".join(sorted({fetch_cmd if n in PICTURE_METRICS else 'pip install "vsr[metrics]"' for n in left_out}))
         note = f"{', '.join(left_out)} not measured (to add them: {why})"
     return Choice(
-        tuple(n for n in PICTURE_METRICS if reasons.get(n) is None),
+        tuple(n for n in PICTURE_METRICS if n in reasons and reasons[n] is None),
         tuple(n for n in SEQUENCE_METRICS if n in reasons and reasons[n] is None),
         note,
     )
@@ -151,11 +159,14 @@ class PictureScorer:
 
             self._niqe = default_params()
 
-    def __call__(self, picture: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> dict[str, float | None]:
+    def __call__(self, picture: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor | None) -> dict[str, float | None]:
         """``{metric: value}`` for ``picture`` (uint8/uint16 HWC or a (1, 3, H, W) float tensor)
-        against ``truth`` of the same size. NIQE is None for a picture too small for one block."""
+        against ``truth`` of the same size (None: there is none, for a scorer of NIQE alone). NIQE
+        is None for a picture too small for one block."""
         out: dict[str, float | None] = {}
         if self._lpips is not None or self._dists is not None:
+            if truth is None:
+                raise ValueError("LPIPS and DISTS compare with a ground truth; none was given")
             x, y = _to_tensor(picture), _to_tensor(truth)
             with torch.inference_mode():
                 if self._lpips is not None:

@@ -120,10 +120,13 @@ class EvalResult:
     crop: int
     notes: list[str] = field(default_factory=list)
     sequence: dict[str, Any] | None = None
+    reference: bool = True  # False: the pictures were inputs with no ground truth (--no-reference)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"model": self.model, "scale": self.scale, "crop_border": self.crop, "channel": "Y (BT.601)",
+        out = {"model": self.model, "scale": self.scale, "crop_border": self.crop, "reference": self.reference,
                "images": self.rows, "mean": self.mean}
+        if self.reference:
+            out["channel"] = "Y (BT.601)"
         if self.sequence is not None:
             out["sequence"] = self.sequence
         if self.notes:
@@ -138,18 +141,17 @@ class EvalResult:
         """A plain-text table for the terminal: one row per picture, the mean, then the temporal
         metrics of a video; each metric for the model and for bicubic (lower is better for all
         but PSNR and SSIM)."""
+        if not self.reference:
+            return self._format_no_reference()
         extra = [k for k in PICTURE_METRICS if k in self.mean]
         width = max([len("image"), len("mean")] + [len(r["name"]) for r in self.rows])
         head = f"{'image':<{width}}  {'size':>11}  {'PSNR':>7}  {'SSIM':>6}" + "".join(f"  {k.upper():>7}" for k in extra)
         head += f"  {'bicubic':>7}  {'SSIM':>6}" + "".join(f"  {k.upper():>7}" for k in extra) + f"  {'gain':>6}"
         lines = [f"{self.model}, x{self.scale}, Y channel, border {self.crop} px; left: the model, right: bicubic", head, "-" * len(head)]
 
-        def num(v: float | None, digits: int) -> str:
-            return f"{'n/a':>7}" if v is None else f"{v:7.{digits}f}"
-
         def fmt(name: str, size: str, r: dict[str, Any]) -> str:
-            ours = "".join(f"  {num(r.get(k), 4)}" for k in extra)
-            theirs = "".join(f"  {num(r.get('bicubic_' + k), 4)}" for k in extra)
+            ours = "".join(f"  {_num(r.get(k))}" for k in extra)
+            theirs = "".join(f"  {_num(r.get('bicubic_' + k))}" for k in extra)
             return (f"{name:<{width}}  {size:>11}  {r['psnr']:7.2f}  {r['ssim']:6.4f}{ours}  {r['bicubic_psnr']:7.2f}"
                     f"  {r['bicubic_ssim']:6.4f}{theirs}  {r['psnr'] - r['bicubic_psnr']:+6.2f}")
 
@@ -157,12 +159,36 @@ class EvalResult:
             lines.append(fmt(r["name"], f"{r['width']}x{r['height']}", r))
         lines.append("-" * len(head))
         lines.append(fmt("mean", f"{len(self.rows)} images", self.mean))
+        lines.extend(self._sequence_and_notes())
+        return "\n".join(lines)
+
+    def _format_no_reference(self) -> str:
+        extra = [k for k in PICTURE_METRICS if k in self.mean]
+        width = max([len("image"), len("mean")] + [len(r["name"]) for r in self.rows])
+        head = f"{'image':<{width}}  {'output':>11}" + "".join(f"  {k.upper():>7}  {'bicubic':>7}" for k in extra)
+        lines = [f"{self.model}, x{self.scale}, no reference: the pictures are the inputs; border {self.crop} px; lower is better", head, "-" * len(head)]
+
+        def fmt(name: str, size: str, r: dict[str, Any]) -> str:
+            return f"{name:<{width}}  {size:>11}" + "".join(f"  {_num(r.get(k))}  {_num(r.get('bicubic_' + k))}" for k in extra)
+
+        lines.extend(fmt(r["name"], f"{r['width']}x{r['height']}", r) for r in self.rows)
+        lines.append("-" * len(head))
+        lines.append(fmt("mean", f"{len(self.rows)} images", self.mean))
+        lines.extend(self._sequence_and_notes())
+        return "\n".join(lines)
+
+    def _sequence_and_notes(self) -> list[str]:
+        lines = []
         if self.sequence is not None:
             seq = self.sequence
             lines.append(f"frames {seq['first']}-{seq['first'] + seq['frames'] - 1} in a row: "
                          + ", ".join(f"{k} {self.mean[k]:.4g} (bicubic {self.mean['bicubic_' + k]:.4g})" for k in SEQUENCE_METRICS if k in self.mean))
         lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
+        return lines
+
+
+def _num(v: float | None) -> str:
+    return f"{'n/a':>7}" if v is None else f"{v:7.4f}"
 
 
 def _finite(obj: Any) -> Any:
@@ -285,6 +311,22 @@ def _measured(hr: torch.Tensor, lr_path: Path | None, theirs: Loader | None, *, 
     return hr, to_uint8(out), to_uint8(bicubic_upsample(lr, scale))
 
 
+def _upscaled(picture: torch.Tensor, theirs: Loader | None, *, scale: int, upscale, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the upscaled ``picture`` as uint8 HWC: the model's or, with ``theirs``, another tool's,
+    which must be ``scale`` times its size; bicubic's) for a measurement without ground truth."""
+    from ..errors import InputError
+
+    if theirs is not None:
+        out = theirs()
+        want = (picture.shape[-2] * scale, picture.shape[-1] * scale)
+        if tuple(out.shape[-2:]) != want:
+            raise InputError(f"{where} is {out.shape[-1]}x{out.shape[-2]} but its input upscaled x{scale} is {want[1]}x{want[0]}; give pictures of that size (or the right --scale)")
+    else:
+        with torch.inference_mode():
+            out = upscale(picture).float().cpu()
+    return to_uint8(out), to_uint8(bicubic_upsample(picture, scale))
+
+
 def _check_same_size(sr: torch.Tensor, hr: torch.Tensor, where: str) -> torch.Tensor:
     """An upscaled picture from elsewhere must have the HR picture's size (or the size cropped to
     a multiple of the scale, which vsr's own LR gives)."""
@@ -309,6 +351,7 @@ def evaluate(
     progress: Any = None,
     upscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
     frames: int = VIDEO_FRAMES,
+    reference: bool = True,
 ) -> EvalResult:
     """PSNR/SSIM (Y, border = scale) and the perceptual metrics of ``model`` (or of the pictures
     in ``sr``) on the pictures in ``hr_dir``, beside the bicubic baseline.
@@ -325,6 +368,12 @@ def evaluate(
     border). ``metrics`` names the metrics to take (``None``: every one that can run here; see
     :func:`vsr.perceptual.scores.choose`). ``progress`` is an optional
     :class:`vsr.progress.Progress` (start/update/close), counted in pictures.
+
+    ``reference`` False (``--no-reference``): the pictures of ``hr_dir`` are not ground truth but
+    the inputs themselves (a real video to upscale, with nothing to compare to). They are upscaled
+    whole (or ``sr`` holds another tool's upscale of them, ``scale`` times their size) and scored by
+    what needs no ground truth: NIQE, and on a video the warping error along the input's own
+    motion (the flow is computed on the input frames, as Lai et al. do); bicubic beside them.
     """
     from ..errors import InputError, InputMissing, UsageError
     from ..perceptual import scores
@@ -353,9 +402,13 @@ def evaluate(
         if scale is not None and scale != spec.scale:
             raise UsageError(f"--scale {scale} does not match the model, which upscales x{spec.scale}; leave --scale out")
         scale = spec.scale
+    if not reference and lr_dir is not None:
+        raise UsageError("--lr-dir pairs LR pictures with HR ones; with --no-reference the pictures given are the inputs")
     video = _is_video(hr_dir)
     total = video_frame_count(hr_dir) if video else None  # counted once: pictures and the sequence use it
-    choice = scores.choose(tuple(m for m in metrics if m not in ("psnr", "ssim")) if metrics is not None else None, video=video)
+    if metrics is not None and reference:
+        metrics = tuple(m for m in metrics if m not in ("psnr", "ssim"))  # always measured against a reference
+    choice = scores.choose(metrics, video=video, reference=reference)
     pictures = _pictures(hr_dir, lr_dir, sr, scale, frames, total)
 
     if upscale is None and sr is None:
@@ -375,6 +428,15 @@ def evaluate(
     try:
         for done, pic in enumerate(pictures, 1):
             where = hr_dir / pic.name if hr_dir.is_dir() else hr_dir
+            if not reference:
+                sr8, bic8 = _upscaled(pic.hr(), pic.sr, scale=scale, upscale=upscale, where=str(where))
+                row = {"name": pic.name, "width": int(sr8.shape[1]), "height": int(sr8.shape[0])}
+                row.update(scorer(sr8, None))
+                row.update({f"bicubic_{k}": v for k, v in scorer(bic8, None).items()})
+                rows.append(row)
+                if progress is not None:
+                    progress.update(done)
+                continue
             hr, sr8, bic8 = _measured(pic.hr(), pic.lr, pic.sr, scale=scale, upscale=upscale, where=str(where))
             if min(hr.shape[-2:]) - 2 * scale < SSIM_WINDOW:
                 need = SSIM_WINDOW + 2 * scale
@@ -396,7 +458,7 @@ def evaluate(
     finally:
         if progress is not None:
             progress.close()
-    keys = ["psnr", "ssim", *choice.picture]
+    keys = ["psnr", "ssim", *choice.picture] if reference else list(choice.picture)
     mean: dict[str, float | None] = {}
     for key in (*keys, *(f"bicubic_{k}" for k in keys)):
         values = [r[key] for r in rows if r.get(key) is not None]
@@ -413,15 +475,16 @@ def evaluate(
         notes.extend(f"{m} not measured: {hr_dir} has {total} frames, {m} needs {scores.MIN_FRAMES[m]}" for m in short)
         measured = tuple(m for m in choice.sequence if m not in short)
         if measured:
-            sequence = _sequence_metrics(hr_dir, sr, measured, scale, window, upscale)
+            sequence = _sequence_metrics(hr_dir, sr, measured, scale, window, upscale, reference=reference)
             mean.update({k: v for k, v in sequence.items() if k != "frames"})
     return EvalResult(rows=rows, mean=mean, scale=scale, model=str(name), crop=scale, notes=notes,
-                      sequence={"first": 0, "frames": sequence["frames"]} if sequence else None)
+                      sequence={"first": 0, "frames": sequence["frames"]} if sequence else None, reference=reference)
 
 
-def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str], scale: int, frames: int, upscale) -> dict[str, Any]:
+def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str], scale: int, frames: int, upscale, *, reference: bool = True) -> dict[str, Any]:
     """tOF and the warping error on the first ``frames`` frames of the video, in a row: the model's
-    (or ``sr_path``'s same frames) and bicubic's, against the HR frames."""
+    (or ``sr_path``'s same frames) and bicubic's, against the HR frames; without a ``reference``,
+    the video's frames are the inputs, and the warping error follows their motion."""
     from ..perceptual.scores import score_sequence
     from .data import video_frames_at
 
@@ -430,7 +493,12 @@ def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str
     theirs = _frame_loaders(video_frames_at(sr_path, wanted)) if sr_path is not None else None
     hr_frames, ours, bicubic = [], [], []
     for k, load in enumerate(truth):
-        hr, out, bic = _measured(load(), None, theirs[k] if theirs else None, scale=scale, upscale=upscale, where=f"{sr_path} frame {k}")
+        where = f"{sr_path} frame {k}"
+        if reference:
+            hr, out, bic = _measured(load(), None, theirs[k] if theirs else None, scale=scale, upscale=upscale, where=where)
+        else:
+            hr = load()  # the input frame: the flow is computed on it
+            out, bic = _upscaled(hr, theirs[k] if theirs else None, scale=scale, upscale=upscale, where=where)
         hr_frames.append(to_uint8(hr))
         ours.append(out)
         bicubic.append(bic)

@@ -484,7 +484,7 @@ def _container_refuses(fmt: str, stream) -> str | None:
         probe.add_stream_from_template(stream)
         probe.start_encoding()
     except (av.error.FFmpegError, ValueError) as err:
-        return err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return _reason(err)
     finally:
         try:
             probe.close()

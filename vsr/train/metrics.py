@@ -375,7 +375,7 @@ def evaluate(
     what needs no ground truth: NIQE, and on a video the warping error along the input's own
     motion (the flow is computed on the input frames, as Lai et al. do); bicubic beside them.
     """
-    from ..errors import InputError, InputMissing, UsageError
+    from ..errors import InputMissing, UsageError
     from ..perceptual import scores
     from .data import video_frame_count
 
@@ -427,32 +427,9 @@ def evaluate(
         progress.start(len(pictures))
     try:
         for done, pic in enumerate(pictures, 1):
-            where = hr_dir / pic.name if hr_dir.is_dir() else hr_dir
-            if not reference:
-                sr8, bic8 = _upscaled(pic.hr(), pic.sr, scale=scale, upscale=upscale, where=str(where))
-                row = {"name": pic.name, "width": int(sr8.shape[1]), "height": int(sr8.shape[0])}
-                row.update(scorer(sr8, None))
-                row.update({f"bicubic_{k}": v for k, v in scorer(bic8, None).items()})
-                rows.append(row)
-                if progress is not None:
-                    progress.update(done)
-                continue
-            hr, sr8, bic8 = _measured(pic.hr(), pic.lr, pic.sr, scale=scale, upscale=upscale, where=str(where))
-            if min(hr.shape[-2:]) - 2 * scale < SSIM_WINDOW:
-                need = SSIM_WINDOW + 2 * scale
-                raise InputError(f"{where} is too small to evaluate at x{scale}: it needs at least {need}x{need} pixels")
-            row = {
-                "name": pic.name,
-                "width": int(hr.shape[-1]),
-                "height": int(hr.shape[-2]),
-                "psnr": psnr_y(sr8, hr, crop=scale),
-                "ssim": ssim_y(sr8, hr, crop=scale),
-                "bicubic_psnr": psnr_y(bic8, hr, crop=scale),
-                "bicubic_ssim": ssim_y(bic8, hr, crop=scale),
-            }
-            row.update(scorer(sr8, hr))
-            row.update({f"bicubic_{k}": v for k, v in scorer(bic8, hr).items()})
-            rows.append(row)
+            where = str(hr_dir / pic.name if hr_dir.is_dir() else hr_dir)
+            score = _scored if reference else _scored_without_reference
+            rows.append({"name": pic.name, **score(pic, scorer, scale=scale, upscale=upscale, where=where)})
             if progress is not None:
                 progress.update(done)
     finally:
@@ -479,6 +456,38 @@ def evaluate(
             mean.update({k: v for k, v in sequence.items() if k != "frames"})
     return EvalResult(rows=rows, mean=mean, scale=scale, model=str(name), crop=scale, notes=notes,
                       sequence={"first": 0, "frames": sequence["frames"]} if sequence else None, reference=reference)
+
+
+def _scored(pic: _Picture, scorer, *, scale: int, upscale, where: str) -> dict[str, Any]:
+    """One picture's row against its ground truth: size, PSNR/SSIM and the perceptual metrics, the
+    model's (or ``pic.sr``'s) and bicubic's."""
+    from ..errors import InputError
+
+    hr, sr8, bic8 = _measured(pic.hr(), pic.lr, pic.sr, scale=scale, upscale=upscale, where=where)
+    if min(hr.shape[-2:]) - 2 * scale < SSIM_WINDOW:
+        need = SSIM_WINDOW + 2 * scale
+        raise InputError(f"{where} is too small to evaluate at x{scale}: it needs at least {need}x{need} pixels")
+    row = {
+        "width": int(hr.shape[-1]),
+        "height": int(hr.shape[-2]),
+        "psnr": psnr_y(sr8, hr, crop=scale),
+        "ssim": ssim_y(sr8, hr, crop=scale),
+        "bicubic_psnr": psnr_y(bic8, hr, crop=scale),
+        "bicubic_ssim": ssim_y(bic8, hr, crop=scale),
+    }
+    row.update(scorer(sr8, hr))
+    row.update({f"bicubic_{k}": v for k, v in scorer(bic8, hr).items()})
+    return row
+
+
+def _scored_without_reference(pic: _Picture, scorer, *, scale: int, upscale, where: str) -> dict[str, Any]:
+    """One input picture's row without ground truth: the upscaled size and the metrics that need
+    none, the model's (or ``pic.sr``'s) and bicubic's."""
+    sr8, bic8 = _upscaled(pic.hr(), pic.sr, scale=scale, upscale=upscale, where=where)
+    row = {"width": int(sr8.shape[1]), "height": int(sr8.shape[0])}
+    row.update(scorer(sr8, None))
+    row.update({f"bicubic_{k}": v for k, v in scorer(bic8, None).items()})
+    return row
 
 
 def _sequence_metrics(hr_path: Path, sr_path: Path | None, metrics: Sequence[str], scale: int, frames: int, upscale, *, reference: bool = True) -> dict[str, Any]:

@@ -6,7 +6,9 @@ ESRGAN's network interpolation ``(1 - alpha) * PSNR + alpha * GAN`` (``vsr inter
 held-out pictures, with bicubic and any named models (Real-ESRGAN x4plus by default) as points.
 Writes, from the two model files only:
 
-* ``<out>/perception_tradeoff.json``: every score of every point;
+* ``<out>/perception_tradeoff.json``: every score of every point (and, with ``--video``, the
+  video's scores at alpha 0 and 1: against its frames, and of its own frames upscaled without a
+  reference, ``vsr eval --no-reference``);
 * ``<out>/perception_tradeoff.png``: PSNR against LPIPS and against NIQE (needs matplotlib);
 * ``<out>/perception_crops.png``: a crop of each held-out picture as bicubic, the PSNR model, the
   GAN model and the ground truth, side by side (nearest-neighbour enlarged, so pixels stay pixels).
@@ -32,10 +34,10 @@ ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 KEYS = ("psnr", "ssim", "lpips", "dists", "niqe")
 
 
-def score(model, folder: Path, metrics: tuple[str, ...]) -> dict:
+def score(model, folder: Path, metrics: tuple[str, ...], *, reference: bool = True) -> dict:
     from vsr.train.metrics import evaluate
 
-    result = evaluate(model, folder, metrics=metrics, device="cpu")
+    result = evaluate(model, folder, metrics=metrics, device="cpu", reference=reference)
     return {"mean": result.mean, "images": result.rows, "notes": result.notes}
 
 
@@ -146,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         from vsr import models
 
         points.append({"kind": "reference", "name": name, **score(models.load(name), args.val, metrics)})
-    video = None
+    video = video_inputs = None
     if args.video is not None:
         video = {f"alpha {a:.1f}": score(interpolated(args.psnr, args.gan, a), args.video, ("psnr", "ssim", "lpips", "dists", "tof", "warp_error"))["mean"]
                  for a in (0.0, 1.0)}
+        # The video's own frames upscaled (vsr eval --no-reference): NIQE can score these, where the
+        # frames made from downscaled ones may be too small for it.
+        video_inputs = {f"alpha {a:.1f}": score(interpolated(args.psnr, args.gan, a), args.video, ("niqe", "warp_error"), reference=False)["mean"]
+                        for a in (0.0, 1.0)}
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"psnr_model": str(args.psnr), "gan_model": str(args.gan), "val": str(args.val), "video": str(args.video) if args.video else None,
-              "points": points, "video_scores": video, "seconds": round(time.perf_counter() - started, 1)}
+              "points": points, "video_scores": video, "video_no_reference": video_inputs, "seconds": round(time.perf_counter() - started, 1)}
     from vsr import files
 
     files.write_text(args.out / "perception_tradeoff.json", json.dumps(record, indent=1, default=float) + "\n")

@@ -107,8 +107,8 @@ def test_short_run_beats_bicubic_on_photos_and_video_it_never_saw(clone, short_r
 # examples/train_gan_cpu.toml cut to GAN_STEPS steps, from the short PSNR run above: about 140 s
 # on a 2-core CPU. Measured with seeds 0-2 (train.seed of both stages) on the held-out
 # photographs, against the PSNR model each started from: LPIPS -3.9 %, -4.2 %, -7.9 %; NIQE
-# -0.61, -0.30, -0.79; PSNR -0.38, -0.30, -0.30 dB. The full recipe (1000 steps from the full
-# PSNR run) gives -9.7 %, -1.25 and -0.57 dB (README, "Perceptual quality: the GAN stage").
+# -0.61, -0.30, -0.79; PSNR -0.38, -0.30, -0.30 dB. The full recipe (800 steps from the full
+# PSNR run) gives -9.8 %, -1.52 and -0.50 dB (README, "Perceptual quality: the GAN stage").
 GAN_STEPS = 150
 GAN_RECIPE = REPO / "examples" / "train_gan_cpu.toml"
 LPIPS_MARGIN = 0.02  # relative

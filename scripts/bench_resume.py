@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import media
+
+# The -v line vsr logs for each finished checkpoint piece (vsr/resume.py).
+PIECE_LINE = re.compile(r"checkpoint \d{4}\.\w+: \d+ frames in ")
 
 
 def vsr(clip: Path, out: Path, args: argparse.Namespace, *extra: str) -> list[str]:
@@ -44,7 +48,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     """(wall seconds, checkpoint pieces the run wrote, from its ``-v`` log)."""
     started = time.perf_counter()
     done = subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return time.perf_counter() - started, sum(line.startswith("vsr: checkpoint ") for line in done.stderr.splitlines())
+    return time.perf_counter() - started, len(PIECE_LINE.findall(done.stderr))
 
 
 def killed_at(cmd: list[str], share: float) -> float:

@@ -345,7 +345,11 @@ def test_interrupt_exits_130_and_removes_the_partial_file(tmp_path, sig, last):
         [sys.executable, "-m", "vsr", "run", str(src), str(out), "--model", str(model), "--progress", "json", "--batch", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert json.loads(proc.stdout.readline())["event"] == "progress"
+    for line in proc.stdout:  # the first progress line comes before the output is open: wait for a written frame
+        record = json.loads(line)
+        assert record["event"] == "progress", record  # still running
+        if record["done"] >= 1:
+            break
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -344,6 +344,9 @@ def test_interrupt_exits_130_and_removes_the_partial_file(tmp_path, sig, last):
     proc = subprocess.Popen(
         [sys.executable, "-m", "vsr", "run", str(src), str(out), "--model", str(model), "--progress", "json", "--batch", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A test run started in the background of a shell (`.ci/run &`) inherits SIGINT ignored, and
+        # Python then keeps it ignored: give vsr the default disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in proc.stdout:  # the first progress line comes before the output is open: wait for a written frame
         record = json.loads(line)

@@ -115,14 +115,19 @@ def kill_at(args: list[str], share: float, total: int) -> None:
     assert proc.returncode == -signal.SIGKILL, err
 
 
-def finished_pieces(out: Path) -> int:
-    """Output frames in the complete pieces at the start of ``out``'s checkpoint."""
-    frames = 0
-    for piece in sorted(checkpoint_folder(out).glob("[0-9][0-9][0-9][0-9].nut")):
+def complete_pieces(folder: Path) -> list[dict]:
+    """The sidecars of the complete pieces at the start of a checkpoint folder (what a rerun keeps)."""
+    sidecars = []
+    for piece in sorted(folder.glob("[0-9][0-9][0-9][0-9].nut")):
         if not piece_status(piece, {})[0]:
             break
-        frames += int(read_sidecar(piece)["frames"])
-    return frames
+        sidecars.append(read_sidecar(piece))
+    return sidecars
+
+
+def finished_pieces(out: Path) -> int:
+    """Output frames in the complete pieces at the start of ``out``'s checkpoint."""
+    return sum(int(meta["frames"]) for meta in complete_pieces(checkpoint_folder(out)))
 
 
 def assert_same_output(a: Path, b: Path, frames: int) -> None:
@@ -137,12 +142,7 @@ def assert_same_output(a: Path, b: Path, frames: int) -> None:
 
 def reused_in_pieces(out: Path) -> int:
     """Frames ``--dedup`` reused in the complete pieces of ``out``'s checkpoint."""
-    reused = 0
-    for piece in sorted(checkpoint_folder(out).glob("[0-9][0-9][0-9][0-9].nut")):
-        if not piece_status(piece, {})[0]:
-            break
-        reused += int(read_sidecar(piece).get("dedup_reused") or 0)
-    return reused
+    return sum(int(meta.get("dedup_reused") or 0) for meta in complete_pieces(checkpoint_folder(out)))
 
 
 # fixture, extra flags, output frames, the uninterrupted reference's --checkpoint-frames
@@ -346,8 +346,7 @@ def test_a_full_disk_stops_the_run_keeping_its_pieces_and_once_space_is_freed_th
     assert err == [f"vsr: error: writing the output file in {out.parent if fills == 'at the join' else checkpoint_folder(out)} failed "
                    "(No space left on device); check free space and the disk"]
     kept_folder = results / "after_first" / checkpoint_folder(out).name
-    kept = [p for p in sorted(kept_folder.glob("[0-9][0-9][0-9][0-9].nut")) if piece_status(p, {})[0]]
-    kept_frames = sum(int(read_sidecar(p)["frames"]) for p in kept)
+    kept_frames = sum(int(meta["frames"]) for meta in complete_pieces(kept_folder))
     assert 0 < kept_frames < FRAMES if fills == "mid-run" else kept_frames == FRAMES
     assert leftovers(kept_folder) == [] and not (results / "after_first" / out.name).exists()
 
